@@ -1,0 +1,163 @@
+"""The event store: an append-only PostgreSQL table reached through asyncpg.
+
+No global lock: appends are plain INSERTs; optimistic concurrency comes from
+the unique (originator_id, originator_version) constraint.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from eventsourcing.persistence import StoredEvent
+
+from infra.schema import SCHEMA
+from services.ports import Idempotency, IdempotentResult, Metadata, Unavailable, VersionConflict
+
+_INSERT = f"""
+INSERT INTO {SCHEMA}.events (originator_id, originator_version, topic, state, metadata)
+SELECT u.id, u.version, u.topic, u.state, $5::jsonb
+FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bytea[]) AS u(id, version, topic, state)
+RETURNING position
+"""
+_INSERT_KEY = f"""
+INSERT INTO {SCHEMA}.idempotency_keys (scope, key, request_hash, result, position)
+VALUES ($1, $2, $3, $4, $5)
+"""
+# Only rows of transactions that can no longer commit "behind" us are visible:
+# everything below the snapshot's xmin has either committed or rolled back.
+_READ_AFTER = f"""
+SELECT position, tx, originator_id, originator_version, topic, state, recorded_at, metadata
+FROM {SCHEMA}.events
+WHERE (tx, position) > ($1::xid8, $2::bigint)
+  AND tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx, position
+LIMIT $3
+"""
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
+
+
+@dataclass(frozen=True, order=True)
+class Checkpoint:
+    tx: int = 0
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    position: int
+    tx: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: bytes
+    recorded_at: datetime
+    metadata: dict[str, Any]
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.tx, self.position)
+
+    def stored(self) -> StoredEvent:
+        return StoredEvent(self.originator_id, self.originator_version, self.topic, self.state)
+
+
+_meta_encoder = msgspec.json.Encoder()
+
+
+class EventStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def append(
+        self,
+        events: Sequence[StoredEvent],
+        meta: Metadata,
+        idempotency: Idempotency | None = None,
+    ) -> int:
+        """Insert all events in one transaction; return the last position."""
+        if not events:
+            raise ValueError("nothing to append")
+        args = (
+            [e.originator_id for e in events],
+            [e.originator_version for e in events],
+            [e.topic for e in events],
+            [e.state for e in events],
+            _meta_encoder.encode(meta).decode(),
+        )
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(_INSERT, *args)
+                position = int(rows[-1]["position"])
+                if idempotency is not None:
+                    await conn.execute(
+                        _INSERT_KEY,
+                        idempotency.scope,
+                        idempotency.key,
+                        idempotency.request_hash,
+                        idempotency.result,
+                        position,
+                    )
+                return position
+        except asyncpg.UniqueViolationError as e:
+            raise VersionConflict(str(e)) from None
+        except _CONNECTION_ERRORS as e:
+            raise Unavailable(str(e)) from e
+
+    async def read_aggregate(self, originator_id: UUID) -> list[StoredEvent]:
+        try:
+            rows = await self.pool.fetch(
+                f"SELECT originator_version, topic, state FROM {SCHEMA}.events "
+                "WHERE originator_id = $1 ORDER BY originator_version",
+                originator_id,
+            )
+        except _CONNECTION_ERRORS as e:
+            raise Unavailable(str(e)) from e
+        return [StoredEvent(originator_id, r[0], r[1], r[2]) for r in rows]
+
+    async def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
+        row = await self.pool.fetchrow(
+            f"SELECT request_hash, result, position FROM {SCHEMA}.idempotency_keys "
+            "WHERE scope = $1 AND key = $2",
+            scope,
+            key,
+        )
+        return IdempotentResult(row[0], row[1], row[2]) if row else None
+
+    async def read_after(self, after: Checkpoint, limit: int = 1000) -> list[RecordedEvent]:
+        """Committed events after `after`, in (tx, position) order, none skipped."""
+        rows = await self.pool.fetch(_READ_AFTER, after.tx, after.position, limit)
+        return [
+            RecordedEvent(
+                position=r[0],
+                tx=r[1],
+                originator_id=r[2],
+                originator_version=r[3],
+                topic=r[4],
+                state=r[5],
+                recorded_at=r[6],
+                metadata=msgspec.json.decode(r[7]),
+            )
+            for r in rows
+        ]
+
+    async def subscribe(
+        self, after: Checkpoint, batch_size: int = 1000, idle_sleep: float = 0.05
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Yield batches forever; sleeps briefly when caught up."""
+        while True:
+            batch = await self.read_after(after, batch_size)
+            if batch:
+                after = batch[-1].checkpoint
+                yield batch
+            else:
+                await asyncio.sleep(idle_sleep)
+
+    async def last_position(self) -> int:
+        return int(
+            await self.pool.fetchval(f"SELECT coalesce(max(position), 0) FROM {SCHEMA}.events")
+        )

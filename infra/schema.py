@@ -1,0 +1,53 @@
+"""The write-side schema. Idempotent: applying it twice changes nothing."""
+
+import asyncpg
+
+SCHEMA = "carnet"
+
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+
+-- The log. `tx` is the writing transaction's id: readers take only rows
+-- whose tx is below the oldest transaction still running, and order by
+-- (tx, position), so a late commit can never be skipped (DESIGN decision 2).
+CREATE TABLE IF NOT EXISTS {SCHEMA}.events (
+    position bigserial PRIMARY KEY,
+    originator_id uuid NOT NULL,
+    originator_version integer NOT NULL,
+    topic text NOT NULL,
+    state bytea NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tx xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    metadata jsonb NOT NULL DEFAULT '{{}}',
+    UNIQUE (originator_id, originator_version)
+);
+CREATE INDEX IF NOT EXISTS events_tx_position ON {SCHEMA}.events (tx, position);
+
+CREATE TABLE IF NOT EXISTS {SCHEMA}.idempotency_keys (
+    scope text NOT NULL,
+    key text NOT NULL,
+    request_hash text NOT NULL,
+    result text NOT NULL,
+    position bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, key)
+);
+
+CREATE TABLE IF NOT EXISTS {SCHEMA}.tokens (
+    token_hash bytea PRIMARY KEY,
+    token_id uuid NOT NULL UNIQUE,
+    actor_kind text NOT NULL,
+    actor_id uuid NOT NULL,
+    establishment_id uuid,
+    label text NOT NULL DEFAULT '',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+);
+"""
+
+
+async def apply_schema(conn: asyncpg.Connection) -> None:
+    # Several processes may start at once; one applies, the others wait.
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(72810001)")
+        await conn.execute(DDL)

@@ -1,0 +1,241 @@
+"""Booking use cases: get the aggregates, call one domain operation, save."""
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import NoReturn
+from uuid import UUID
+
+from domain import agenda
+from domain.agenda import AgendaDay, Appointment
+from domain.calendar import free_slots, local_day, require_aware
+from domain.directory import Patient, Practitioner
+from domain.errors import Forbidden, IdempotencyKeyReused, InvalidValue, NotFound
+from domain.values import Interval, Source
+from services.actors import Actor, ActorKind
+from services.common import get_or_404, require, retrying
+from services.policy import Action, Kind, Resource, allowed
+from services.ports import Clock, Idempotency, Metadata, Repository
+
+MAX_AVAILABILITY_DAYS = 31
+
+
+@dataclass(frozen=True)
+class Booked:
+    appointment: Appointment
+    position: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Changed:
+    appointment: Appointment
+    position: int
+
+
+def _resource(a: Appointment) -> Resource:
+    return Resource(Kind.APPOINTMENT, a.patient_id, a.practitioner_id, a.establishment_id)
+
+
+def request_hash(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+
+
+class BookingService:
+    def __init__(self, repo: Repository, clock: Clock) -> None:
+        self.repo = repo
+        self.clock = clock
+
+    async def _day(self, practitioner: Practitioner, start: datetime) -> AgendaDay:
+        day = local_day(start, practitioner.timezone)
+        found = await self.repo.get(AgendaDay, AgendaDay.create_id(practitioner.id, day))
+        return found or AgendaDay(practitioner_id=practitioner.id, day=day)
+
+    async def get_appointment(self, actor: Actor, appointment_id: UUID) -> Appointment:
+        appointment = await self.repo.get(Appointment, appointment_id)
+        if appointment is None or not allowed(actor, Action.READ, _resource(appointment)):
+            raise_not_found()
+        return appointment
+
+    async def _visible(self, actor: Actor, appointment_id: UUID, action: Action) -> Appointment:
+        appointment = await self.get_appointment(actor, appointment_id)
+        if not allowed(actor, action, _resource(appointment)):
+            raise Forbidden(f"{actor.kind.value}s cannot {action.value} appointments")
+        return appointment
+
+    async def book(
+        self,
+        actor: Actor,
+        meta: Metadata,
+        *,
+        practitioner_id: UUID,
+        motive_id: str,
+        start: datetime,
+        patient_id: UUID | None = None,
+        end: datetime | None = None,
+        idempotency_key: str | None = None,
+    ) -> Booked:
+        start = require_aware(start, "start")
+        end = require_aware(end, "end") if end is not None else None
+        if patient_id is None:
+            if actor.kind is not ActorKind.PATIENT:
+                raise InvalidValue("required unless a patient books for themself", "patient_id")
+            patient_id = actor.id
+        fingerprint = request_hash(practitioner_id, motive_id, start, end, patient_id)
+        scope = f"{actor.kind.value}:{actor.id}:book"
+
+        async def attempt() -> Booked:
+            if idempotency_key is not None:
+                earlier = await self.repo.idempotent_result(scope, idempotency_key)
+                if earlier is not None:
+                    if earlier.request_hash != fingerprint:
+                        raise IdempotencyKeyReused(
+                            "this Idempotency-Key was used for another request",
+                            field="Idempotency-Key",
+                        )
+                    first = await self.get_appointment(actor, UUID(earlier.result))
+                    return Booked(first, earlier.position, replayed=True)
+            practitioner = await get_or_404(
+                self.repo, Practitioner, practitioner_id, "practitioner_id"
+            )
+            resource = Resource(
+                Kind.APPOINTMENT, patient_id, practitioner.id, practitioner.establishment_id
+            )
+            require(actor, Action.BOOK, resource, "patient_id")
+            await get_or_404(self.repo, Patient, patient_id, "patient_id")
+            motive = practitioner.motive(motive_id)
+            slot_end = end or start + timedelta(minutes=motive.duration_minutes)
+            practitioner.check_bookable(
+                motive, Interval(start, slot_end), self.clock.now(), actor.source
+            )
+            day = await self._day(practitioner, start)
+            appointment = agenda.book(
+                day,
+                patient_id=patient_id,
+                establishment_id=practitioner.establishment_id,
+                motive_id=motive.id,
+                duration_minutes=motive.duration_minutes,
+                start=start,
+                end=slot_end,
+                source=actor.source,
+            )
+            claim = (
+                Idempotency(scope, idempotency_key, fingerprint, str(appointment.id))
+                if idempotency_key is not None
+                else None
+            )
+            position = await self.repo.save([day, appointment], meta, claim)
+            return Booked(appointment, position)
+
+        return await retrying(attempt)
+
+    async def cancel(
+        self, actor: Actor, meta: Metadata, appointment_id: UUID, reason: str
+    ) -> Changed:
+        async def attempt() -> Changed:
+            appointment = await self._visible(actor, appointment_id, Action.CANCEL)
+            practitioner = await get_or_404(
+                self.repo, Practitioner, appointment.practitioner_id, "practitioner_id"
+            )
+            if actor.source is Source.PATIENT:
+                practitioner.check_patient_may_cancel(appointment.start, self.clock.now())
+            day = await self._day(practitioner, appointment.start)
+            agenda.cancel(appointment, day, reason, actor.source)
+            position = await self.repo.save([day, appointment], meta)
+            return Changed(appointment, position)
+
+        return await retrying(attempt)
+
+    async def reschedule(
+        self, actor: Actor, meta: Metadata, appointment_id: UUID, start: datetime
+    ) -> Booked:
+        start = require_aware(start, "start")
+
+        async def attempt() -> Booked:
+            old = await self._visible(actor, appointment_id, Action.RESCHEDULE)
+            practitioner = await get_or_404(
+                self.repo, Practitioner, old.practitioner_id, "practitioner_id"
+            )
+            now = self.clock.now()
+            if actor.source is Source.PATIENT:
+                practitioner.check_patient_may_cancel(old.start, now)
+            motive = practitioner.motive(old.motive_id)
+            end = start + timedelta(minutes=motive.duration_minutes)
+            practitioner.check_bookable(motive, Interval(start, end), now, actor.source)
+            old_day = await self._day(practitioner, old.start)
+            same_day = local_day(start, practitioner.timezone) == old_day.day
+            new_day = old_day if same_day else await self._day(practitioner, start)
+            new = agenda.reschedule(
+                old,
+                old_day,
+                new_day,
+                duration_minutes=motive.duration_minutes,
+                start=start,
+                end=end,
+                by=actor.source,
+            )
+            days = [old_day] if same_day else [old_day, new_day]
+            position = await self.repo.save([*days, old, new], meta)
+            return Booked(new, position)
+
+        return await retrying(attempt)
+
+    async def mark(
+        self, actor: Actor, meta: Metadata, appointment_id: UUID, outcome: str
+    ) -> Changed:
+        async def attempt() -> Changed:
+            appointment = await self._visible(actor, appointment_id, Action.MARK)
+            if outcome == "noshow":
+                appointment.mark_noshow(self.clock.now())
+            else:
+                appointment.mark_fulfilled(self.clock.now())
+            position = await self.repo.save([appointment], meta)
+            return Changed(appointment, position)
+
+        return await retrying(attempt)
+
+    async def availability(
+        self, actor: Actor, practitioner_id: UUID, motive_id: str, start: date, end: date
+    ) -> list[Interval]:
+        if end < start:
+            raise InvalidValue("must not be before `from`", field="to")
+        if (end - start).days >= MAX_AVAILABILITY_DAYS:
+            raise InvalidValue(f"at most {MAX_AVAILABILITY_DAYS} days", field="to")
+        practitioner = await get_or_404(self.repo, Practitioner, practitioner_id, "practitioner_id")
+        motive = practitioner.motive(motive_id)
+        if actor.source is Source.PATIENT and not motive.online:
+            return []
+        now = self.clock.now()
+        earliest = now + timedelta(minutes=practitioner.policy.min_notice_minutes)
+        latest = now + timedelta(days=practitioner.policy.horizon_days)
+        slots: list[Interval] = []
+        day = start
+        while day <= end:
+            agenda_day = await self.repo.get(AgendaDay, AgendaDay.create_id(practitioner.id, day))
+            slots += free_slots(
+                practitioner.opening_on(day),
+                timedelta(minutes=motive.duration_minutes),
+                agenda_day.taken() if agenda_day else [],
+                practitioner.absences,
+                earliest,
+                latest,
+            )
+            day += timedelta(days=1)
+        return slots
+
+    async def agenda(self, actor: Actor, practitioner_id: UUID, day: date) -> list[Appointment]:
+        practitioner = await get_or_404(self.repo, Practitioner, practitioner_id, "practitioner_id")
+        resource = Resource(
+            Kind.AGENDA,
+            practitioner_id=practitioner.id,
+            establishment_id=practitioner.establishment_id,
+        )
+        require(actor, Action.READ, resource, "practitioner_id")
+        agenda_day = await self.repo.get(AgendaDay, AgendaDay.create_id(practitioner.id, day))
+        booked = sorted(agenda_day.bookings.values(), key=lambda b: b.start) if agenda_day else []
+        found = [await self.repo.get(Appointment, b.appointment_id) for b in booked]
+        return [a for a in found if a is not None]
+
+
+def raise_not_found() -> NoReturn:
+    raise NotFound("no such appointment", field="appointment_id")

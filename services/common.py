@@ -1,0 +1,47 @@
+"""Shared helpers for use cases: retries, visibility, clocks."""
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+from uuid import UUID
+
+from domain.errors import Conflict, NotFound
+from services.actors import Actor
+from services.policy import Action, Resource, allowed
+from services.ports import A, Repository, VersionConflict
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 5
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+async def retrying(attempt: Callable[[], Awaitable[T]], attempts: int = MAX_ATTEMPTS) -> T:
+    """Run get-change-save again when another writer won the race.
+
+    Each attempt reloads the aggregates, so a lost race either succeeds on
+    fresh state or fails with the domain's own refusal (e.g. SlotTaken).
+    """
+    for _ in range(attempts):
+        try:
+            return await attempt()
+        except VersionConflict:
+            continue
+    raise Conflict("too many concurrent changes; try again")
+
+
+async def get_or_404(repo: Repository, cls: type[A], aggregate_id: UUID, field: str) -> A:
+    found = await repo.get(cls, aggregate_id)
+    if found is None:
+        raise NotFound(f"no such {cls.__name__.lower()}", field=field)
+    return found
+
+
+def require(actor: Actor, action: Action, resource: Resource, field: str) -> None:
+    """Refuse exactly as if the object did not exist."""
+    if not allowed(actor, action, resource):
+        raise NotFound(f"no such {resource.kind.value}", field=field)

@@ -1,0 +1,202 @@
+"""Use cases for establishments, practitioners, patients and tokens."""
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import date
+from uuid import UUID, uuid4
+
+from domain.directory import Establishment, Patient, Practitioner
+from domain.errors import Forbidden, InvalidValue, NotFound
+from domain.values import Absence, BookingPolicy, Motive, OpeningHours, Sex
+from services.actors import Actor, ActorKind
+from services.common import get_or_404, require, retrying
+from services.policy import Action, Kind, Resource, allowed
+from services.ports import Clock, Metadata, Repository, TokenStore
+
+TOKEN_PREFIX = "carnet_"
+
+
+def hash_token(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Saved:
+    id: UUID
+    position: int
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    secret: str
+    actor: Actor
+
+
+class DirectoryService:
+    def __init__(self, repo: Repository, clock: Clock, tokens: TokenStore) -> None:
+        self.repo = repo
+        self.clock = clock
+        self.tokens = tokens
+
+    # -- establishments ----------------------------------------------------
+
+    async def register_establishment(
+        self, actor: Actor, meta: Metadata, name: str, address: str, city: str, timezone: str
+    ) -> Saved:
+        if actor.kind is not ActorKind.ADMIN:
+            raise Forbidden("only an admin registers establishments")
+        establishment = Establishment.register(name, address, city, timezone)
+        return Saved(establishment.id, await self.repo.save([establishment], meta))
+
+    async def establishment(self, actor: Actor, establishment_id: UUID) -> Establishment:
+        return await get_or_404(self.repo, Establishment, establishment_id, "establishment_id")
+
+    # -- practitioners -----------------------------------------------------
+
+    async def register_practitioner(
+        self,
+        actor: Actor,
+        meta: Metadata,
+        *,
+        name: str,
+        specialty: str,
+        establishment_id: UUID,
+        policy: BookingPolicy,
+        motives: list[Motive],
+        hours: tuple[OpeningHours, ...],
+    ) -> Saved:
+        establishment = await get_or_404(
+            self.repo, Establishment, establishment_id, "establishment_id"
+        )
+        resource = Resource(Kind.PRACTITIONER, establishment_id=establishment.id)
+        require(actor, Action.CREATE, resource, "establishment_id")
+        practitioner = Practitioner.register(name, specialty, establishment, policy)
+        for i, motive in enumerate(motives):
+            try:
+                practitioner.add_motive(motive)
+            except InvalidValue as e:
+                raise InvalidValue(e.detail, field=f"motives[{i}].{e.field}") from None
+        if hours:
+            practitioner.set_opening_hours(hours)
+        return Saved(practitioner.id, await self.repo.save([practitioner], meta))
+
+    async def practitioner(self, actor: Actor, practitioner_id: UUID) -> Practitioner:
+        return await get_or_404(self.repo, Practitioner, practitioner_id, "practitioner_id")
+
+    async def _managed_practitioner(self, actor: Actor, practitioner_id: UUID) -> Practitioner:
+        practitioner = await get_or_404(self.repo, Practitioner, practitioner_id, "practitioner_id")
+        resource = Resource(
+            Kind.PRACTITIONER,
+            practitioner_id=practitioner.id,
+            establishment_id=practitioner.establishment_id,
+        )
+        if not allowed(actor, Action.MANAGE, resource):
+            raise Forbidden("you cannot change this practitioner")
+        return practitioner
+
+    async def add_motive(
+        self, actor: Actor, meta: Metadata, practitioner_id: UUID, motive: Motive
+    ) -> Saved:
+        async def attempt() -> Saved:
+            practitioner = await self._managed_practitioner(actor, practitioner_id)
+            practitioner.add_motive(motive)
+            return Saved(practitioner.id, await self.repo.save([practitioner], meta))
+
+        return await retrying(attempt)
+
+    async def set_opening_hours(
+        self, actor: Actor, meta: Metadata, practitioner_id: UUID, hours: tuple[OpeningHours, ...]
+    ) -> Saved:
+        async def attempt() -> Saved:
+            practitioner = await self._managed_practitioner(actor, practitioner_id)
+            practitioner.set_opening_hours(hours)
+            return Saved(practitioner.id, await self.repo.save([practitioner], meta))
+
+        return await retrying(attempt)
+
+    async def add_absence(
+        self, actor: Actor, meta: Metadata, practitioner_id: UUID, absence: Absence
+    ) -> Saved:
+        async def attempt() -> Saved:
+            practitioner = await self._managed_practitioner(actor, practitioner_id)
+            practitioner.add_absence(absence)
+            return Saved(practitioner.id, await self.repo.save([practitioner], meta))
+
+        return await retrying(attempt)
+
+    # -- patients ----------------------------------------------------------
+
+    async def register_patient(
+        self,
+        actor: Actor,
+        meta: Metadata,
+        *,
+        first_name: str,
+        last_name: str,
+        birth_date: date,
+        sex: Sex,
+        email: str,
+        phone: str,
+    ) -> Saved:
+        if not allowed(actor, Action.CREATE, Resource(Kind.PATIENT)):
+            raise Forbidden("only staff and admins register patients")
+        patient = Patient.register(
+            first_name, last_name, birth_date, sex, email, phone, today=self.clock.now().date()
+        )
+        return Saved(patient.id, await self.repo.save([patient], meta))
+
+    async def patient(self, actor: Actor, patient_id: UUID) -> Patient:
+        patient = await self.repo.get(Patient, patient_id)
+        if patient is None or not allowed(
+            actor, Action.READ, Resource(Kind.PATIENT, patient_id=patient_id)
+        ):
+            raise NotFound("no such patient", field="patient_id")
+        return patient
+
+    async def change_contact_details(
+        self, actor: Actor, meta: Metadata, patient_id: UUID, email: str, phone: str
+    ) -> Saved:
+        async def attempt() -> Saved:
+            patient = await self.patient(actor, patient_id)
+            require(
+                actor, Action.MANAGE, Resource(Kind.PATIENT, patient_id=patient.id), "patient_id"
+            )
+            patient.change_contact_details(email, phone)
+            if not patient.pending_events:
+                return Saved(patient.id, 0)
+            return Saved(patient.id, await self.repo.save([patient], meta))
+
+        return await retrying(attempt)
+
+    # -- tokens ------------------------------------------------------------
+
+    async def issue_token(
+        self,
+        actor: Actor,
+        kind: ActorKind,
+        actor_id: UUID | None = None,
+        establishment_id: UUID | None = None,
+        label: str = "",
+    ) -> IssuedToken:
+        """Bind a new random bearer token to an actor; only its hash is kept."""
+        if actor.kind is not ActorKind.ADMIN:
+            raise Forbidden("only an admin issues tokens")
+        if kind in (ActorKind.PATIENT, ActorKind.PRACTITIONER):
+            if actor_id is None:
+                raise InvalidValue(f"required for a {kind.value} token", field="actor_id")
+            cls = Patient if kind is ActorKind.PATIENT else Practitioner
+            await get_or_404(self.repo, cls, actor_id, "actor_id")
+        if kind is ActorKind.STAFF:
+            if establishment_id is None:
+                raise InvalidValue("required for a staff token", field="establishment_id")
+            await get_or_404(self.repo, Establishment, establishment_id, "establishment_id")
+        elif establishment_id is not None:
+            raise InvalidValue("only staff tokens name an establishment", field="establishment_id")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        bound = Actor(kind, actor_id or uuid4(), establishment_id, token_id=uuid4())
+        await self.tokens.add(hash_token(secret), bound, label)
+        return IssuedToken(secret, bound)
+
+    async def authenticate(self, secret: str) -> Actor | None:
+        return await self.tokens.find(hash_token(secret))
