@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.tokens (
 """
 
 
-async def apply_schema(conn: asyncpg.Connection) -> None:
+async def apply_schema(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
     # Several processes may start at once; one applies, the others wait.
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(72810001)")

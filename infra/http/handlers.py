@@ -1,0 +1,302 @@
+"""Route handlers: decode, call one use case, render. No SQL here."""
+
+from typing import Literal
+
+from aiohttp import web
+
+from domain.values import Absence, BookingPolicy, Motive, OpeningHours, Sex
+from infra.http import schemas as s
+from infra.http.convert import (
+    appointment_out,
+    establishment_out,
+    patient_out,
+    practitioner_out,
+)
+from infra.http.keys import REQUEST_ID, SERVICES, Services, actor_of
+from infra.http.wire import HTTPProblem, path_id, read_body, read_query, reply
+from services.actors import ActorKind
+from services.ports import Metadata
+
+
+def _svc(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def _meta(request: web.Request) -> Metadata:
+    actor = actor_of(request)
+    request_id = request[REQUEST_ID]
+    return Metadata(
+        actor_kind=actor.kind.value,
+        actor_id=str(actor.id),
+        request_id=request_id,
+        correlation_id=request.headers.get("X-Correlation-Id", "")[:64] or request_id,
+        token_id=str(actor.token_id or ""),
+    )
+
+
+def _hours(hours: list[s.HoursIn]) -> tuple[OpeningHours, ...]:
+    return tuple(OpeningHours(h.weekday, h.start, h.end) for h in hours)
+
+
+# -- establishments ---------------------------------------------------------
+
+
+async def register_establishment(request: web.Request) -> web.Response:
+    body = await read_body(request, s.RegisterEstablishment)
+    directory = _svc(request).directory
+    saved = await directory.register_establishment(
+        actor_of(request), _meta(request), body.name, body.address, body.city, body.timezone
+    )
+    found = await directory.establishment(actor_of(request), saved.id)
+    return reply(establishment_out(found), 201, saved.position)
+
+
+async def get_establishment(request: web.Request) -> web.Response:
+    establishment_id = path_id(request, "establishment_id", "establishment")
+    found = await _svc(request).directory.establishment(actor_of(request), establishment_id)
+    return reply(establishment_out(found))
+
+
+# -- practitioners ----------------------------------------------------------
+
+
+async def register_practitioner(request: web.Request) -> web.Response:
+    body = await read_body(request, s.RegisterPractitioner)
+    directory = _svc(request).directory
+    saved = await directory.register_practitioner(
+        actor_of(request),
+        _meta(request),
+        name=body.name,
+        specialty=body.specialty,
+        establishment_id=body.establishment_id,
+        policy=BookingPolicy(
+            body.policy.min_notice_minutes,
+            body.policy.horizon_days,
+            body.policy.cancellation_window_minutes,
+        ),
+        motives=[Motive(m.id, m.name, m.duration_minutes, m.online) for m in body.motives],
+        hours=_hours(body.hours),
+    )
+    found = await directory.practitioner(actor_of(request), saved.id)
+    return reply(practitioner_out(found), 201, saved.position)
+
+
+async def get_practitioner(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    found = await _svc(request).directory.practitioner(actor_of(request), practitioner_id)
+    return reply(practitioner_out(found))
+
+
+async def add_motive(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    body = await read_body(request, s.MotiveIn)
+    directory = _svc(request).directory
+    motive = Motive(body.id, body.name, body.duration_minutes, body.online)
+    saved = await directory.add_motive(actor_of(request), _meta(request), practitioner_id, motive)
+    found = await directory.practitioner(actor_of(request), saved.id)
+    return reply(practitioner_out(found), 201, saved.position)
+
+
+async def set_opening_hours(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    body = await read_body(request, s.SetOpeningHours)
+    directory = _svc(request).directory
+    saved = await directory.set_opening_hours(
+        actor_of(request), _meta(request), practitioner_id, _hours(body.hours)
+    )
+    found = await directory.practitioner(actor_of(request), saved.id)
+    return reply(practitioner_out(found), 200, saved.position)
+
+
+async def add_absence(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    body = await read_body(request, s.AddAbsence)
+    directory = _svc(request).directory
+    saved = await directory.add_absence(
+        actor_of(request),
+        _meta(request),
+        practitioner_id,
+        Absence(body.start, body.end, body.reason),
+    )
+    found = await directory.practitioner(actor_of(request), saved.id)
+    return reply(practitioner_out(found), 201, saved.position)
+
+
+async def availability(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    query = read_query(request, s.AvailabilityQuery)
+    slots = await _svc(request).booking.availability(
+        actor_of(request), practitioner_id, query.motive_id, query.from_, query.to
+    )
+    return reply(
+        s.AvailabilityOut(
+            practitioner_id=practitioner_id,
+            motive_id=query.motive_id,
+            slots=[s.SlotOut(start=i.start, end=i.end) for i in slots],
+        )
+    )
+
+
+async def agenda(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    query = read_query(request, s.AgendaQuery)
+    found = await _svc(request).booking.agenda(actor_of(request), practitioner_id, query.date)
+    return reply(
+        s.AgendaOut(
+            practitioner_id=practitioner_id,
+            date=query.date,
+            appointments=[appointment_out(a) for a in found],
+        )
+    )
+
+
+# -- patients ---------------------------------------------------------------
+
+
+async def register_patient(request: web.Request) -> web.Response:
+    body = await read_body(request, s.RegisterPatient)
+    directory = _svc(request).directory
+    saved = await directory.register_patient(
+        actor_of(request),
+        _meta(request),
+        first_name=body.first_name,
+        last_name=body.last_name,
+        birth_date=body.birth_date,
+        sex=Sex(body.sex),
+        email=body.email,
+        phone=body.phone,
+    )
+    return reply(s.Created(id=saved.id), 201, saved.position)
+
+
+async def get_patient(request: web.Request) -> web.Response:
+    patient_id = path_id(request, "patient_id", "patient")
+    found = await _svc(request).directory.patient(actor_of(request), patient_id)
+    return reply(patient_out(found))
+
+
+async def change_contact_details(request: web.Request) -> web.Response:
+    patient_id = path_id(request, "patient_id", "patient")
+    body = await read_body(request, s.ChangeContactDetails)
+    directory = _svc(request).directory
+    saved = await directory.change_contact_details(
+        actor_of(request), _meta(request), patient_id, body.email, body.phone
+    )
+    found = await directory.patient(actor_of(request), saved.id)
+    return reply(patient_out(found), 200, saved.position)
+
+
+# -- appointments -----------------------------------------------------------
+
+
+async def book(request: web.Request) -> web.Response:
+    body = await read_body(request, s.BookAppointment)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise HTTPProblem(400, "invalid-input", "1 to 255 characters", field="Idempotency-Key")
+    booked = await _svc(request).booking.book(
+        actor_of(request),
+        _meta(request),
+        practitioner_id=body.practitioner_id,
+        motive_id=body.motive_id,
+        start=body.start,
+        end=body.end,
+        patient_id=body.patient_id,
+        idempotency_key=key,
+    )
+    response = reply(appointment_out(booked.appointment), 201, booked.position)
+    response.headers["Location"] = f"/appointments/{booked.appointment.id}"
+    if booked.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def get_appointment(request: web.Request) -> web.Response:
+    appointment_id = path_id(request, "appointment_id", "appointment")
+    found = await _svc(request).booking.get_appointment(actor_of(request), appointment_id)
+    return reply(appointment_out(found))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    appointment_id = path_id(request, "appointment_id", "appointment")
+    body = await read_body(request, s.CancelAppointment)
+    changed = await _svc(request).booking.cancel(
+        actor_of(request), _meta(request), appointment_id, body.reason
+    )
+    return reply(appointment_out(changed.appointment), 200, changed.position)
+
+
+async def reschedule(request: web.Request) -> web.Response:
+    appointment_id = path_id(request, "appointment_id", "appointment")
+    body = await read_body(request, s.RescheduleAppointment)
+    booked = await _svc(request).booking.reschedule(
+        actor_of(request), _meta(request), appointment_id, body.start
+    )
+    response = reply(appointment_out(booked.appointment), 201, booked.position)
+    response.headers["Location"] = f"/appointments/{booked.appointment.id}"
+    return response
+
+
+async def _mark(request: web.Request, outcome: str) -> web.Response:
+    appointment_id = path_id(request, "appointment_id", "appointment")
+    changed = await _svc(request).booking.mark(
+        actor_of(request), _meta(request), appointment_id, outcome
+    )
+    return reply(appointment_out(changed.appointment), 200, changed.position)
+
+
+async def mark_noshow(request: web.Request) -> web.Response:
+    return await _mark(request, "noshow")
+
+
+async def mark_fulfilled(request: web.Request) -> web.Response:
+    return await _mark(request, "fulfilled")
+
+
+# -- tokens -----------------------------------------------------------------
+
+
+async def issue_token(request: web.Request) -> web.Response:
+    body = await read_body(request, s.IssueToken)
+    issued = await _svc(request).directory.issue_token(
+        actor_of(request),
+        ActorKind(body.actor_kind),
+        body.actor_id,
+        body.establishment_id,
+        body.label,
+    )
+    return reply(
+        s.TokenOut(
+            token=issued.secret,
+            token_id=issued.actor.token_id,  # type: ignore[arg-type]
+            actor_kind=issued.actor.kind.value,
+            actor_id=issued.actor.id,
+            establishment_id=issued.actor.establishment_id,
+        ),
+        201,
+    )
+
+
+# -- operations -------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return reply(s.Health(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    for name, check in _svc(request).checks.items():
+        try:
+            checks[name] = await check()
+        except Exception as e:  # a failed probe is the answer, not an error
+            checks[name] = f"down: {type(e).__name__}"
+    database_ok = checks.get("database") == "ok"
+    all_ok = all(v == "ok" for v in checks.values())
+    status: Literal["ok", "degraded", "unavailable"] = (
+        "ok" if all_ok else ("degraded" if database_ok else "unavailable")
+    )
+    headers = {} if database_ok else {"Retry-After": "5"}
+    response = reply(s.Health(status=status, checks=checks), 200 if database_ok else 503)
+    response.headers.update(headers)
+    return response

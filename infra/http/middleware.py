@@ -1,0 +1,128 @@
+"""Request id, authentication, metrics and the one place errors become HTTP."""
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from aiohttp import web
+
+from domain.errors import Conflict, DomainError, Forbidden, NotFound, RuleViolation
+from infra.http.keys import ACTOR, PUBLIC_PATHS, REQUEST_ID, SERVICES
+from infra.http.schemas import Problem
+from infra.http.wire import PROBLEM_BASE, HTTPProblem, problem_response
+from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from services.ports import Unavailable
+
+log = logging.getLogger("carnet.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS = [(NotFound, 404), (Forbidden, 403), (Conflict, 409), (RuleViolation, 422)]
+_DB_DOWN = (
+    Unavailable,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+
+
+def domain_problem(error: DomainError) -> Problem:
+    status = next((s for cls, s in _STATUS if isinstance(error, cls)), 422)
+    title = type(error).__name__
+    return Problem(
+        type=PROBLEM_BASE + error.code,
+        title=title,
+        status=status,
+        detail=error.detail,
+        field=error.field,
+    )
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        HTTP_REQUESTS.labels(request.method, template, str(status)).inc()
+        HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HTTPProblem as e:
+        return problem_response(e.problem, e.headers)
+    except DomainError as e:
+        return problem_response(domain_problem(e))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return problem_response(
+            Problem(type=PROBLEM_BASE + "http", title=e.reason, status=e.status),
+            {k: v for k, v in e.headers.items() if k in {"Allow"}},
+        )
+    except _DB_DOWN as e:
+        log.warning("database unreachable: %s", e)
+        return problem_response(
+            Problem(
+                type=PROBLEM_BASE + "unavailable",
+                title="Service Unavailable",
+                status=503,
+                detail="the database is unreachable; retry shortly",
+            ),
+            {"Retry-After": "5"},
+        )
+    except Exception:
+        # Logged with its trace here; the client gets no trace, only a reference.
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return problem_response(
+            Problem(
+                type=PROBLEM_BASE + "internal",
+                title="Internal Server Error",
+                status=500,
+                detail=f"reference {request.get(REQUEST_ID, '')}",
+            )
+        )
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise HTTPProblem(
+            401,
+            "unauthenticated",
+            "Bearer token required",
+            field="Authorization",
+            headers={"WWW-Authenticate": 'Bearer realm="carnet"'},
+        )
+    actor = await request.app[SERVICES].directory.authenticate(secret.strip())
+    if actor is None:
+        raise HTTPProblem(
+            401,
+            "unauthenticated",
+            "Unknown or revoked token",
+            field="Authorization",
+            headers={"WWW-Authenticate": 'Bearer realm="carnet", error="invalid_token"'},
+        )
+    request[ACTOR] = actor
+    return await handler(request)

@@ -1,0 +1,240 @@
+"""The route table: the one list that both wires aiohttp and documents the API."""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from infra.http import handlers as h
+from infra.http import schemas as s
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+READ_ERRORS = (400, 401, 404, 503)
+WRITE_ERRORS = (400, 401, 403, 404, 409, 415, 422, 503)
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    response: type | None
+    status: int = 200
+    body: type | None = None
+    query: type | None = None
+    errors: tuple[int, ...] = READ_ERRORS
+    public: bool = False
+    headers: tuple[str, ...] = ()
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/establishments",
+        h.register_establishment,
+        "Register an establishment",
+        "directory",
+        s.EstablishmentOut,
+        201,
+        s.RegisterEstablishment,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "GET",
+        "/establishments/{establishment_id}",
+        h.get_establishment,
+        "Get an establishment",
+        "directory",
+        s.EstablishmentOut,
+    ),
+    Route(
+        "POST",
+        "/practitioners",
+        h.register_practitioner,
+        "Register a practitioner",
+        "directory",
+        s.PractitionerOut,
+        201,
+        s.RegisterPractitioner,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "GET",
+        "/practitioners/{practitioner_id}",
+        h.get_practitioner,
+        "Get a practitioner with motives and opening hours",
+        "directory",
+        s.PractitionerOut,
+    ),
+    Route(
+        "POST",
+        "/practitioners/{practitioner_id}/motives",
+        h.add_motive,
+        "Add a visit motive",
+        "directory",
+        s.PractitionerOut,
+        201,
+        s.MotiveIn,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "PUT",
+        "/practitioners/{practitioner_id}/hours",
+        h.set_opening_hours,
+        "Replace the weekly opening hours",
+        "directory",
+        s.PractitionerOut,
+        200,
+        s.SetOpeningHours,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "POST",
+        "/practitioners/{practitioner_id}/absences",
+        h.add_absence,
+        "Add an absence",
+        "directory",
+        s.PractitionerOut,
+        201,
+        s.AddAbsence,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "GET",
+        "/practitioners/{practitioner_id}/availability",
+        h.availability,
+        "Free slots for a motive over a date range (at most 31 days)",
+        "booking",
+        s.AvailabilityOut,
+        query=s.AvailabilityQuery,
+    ),
+    Route(
+        "GET",
+        "/practitioners/{practitioner_id}/agenda",
+        h.agenda,
+        "A practitioner's appointments on one local date",
+        "booking",
+        s.AgendaOut,
+        query=s.AgendaQuery,
+    ),
+    Route(
+        "POST",
+        "/patients",
+        h.register_patient,
+        "Register a patient",
+        "patients",
+        s.Created,
+        201,
+        s.RegisterPatient,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "GET",
+        "/patients/{patient_id}",
+        h.get_patient,
+        "Get a patient's profile",
+        "patients",
+        s.PatientOut,
+    ),
+    Route(
+        "PUT",
+        "/patients/{patient_id}/contact",
+        h.change_contact_details,
+        "Change a patient's contact details",
+        "patients",
+        s.PatientOut,
+        200,
+        s.ChangeContactDetails,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "POST",
+        "/appointments",
+        h.book,
+        "Book an appointment",
+        "booking",
+        s.AppointmentOut,
+        201,
+        s.BookAppointment,
+        errors=WRITE_ERRORS,
+        headers=("Idempotency-Key",),
+    ),
+    Route(
+        "GET",
+        "/appointments/{appointment_id}",
+        h.get_appointment,
+        "Get an appointment",
+        "booking",
+        s.AppointmentOut,
+    ),
+    Route(
+        "POST",
+        "/appointments/{appointment_id}/cancel",
+        h.cancel,
+        "Cancel an appointment",
+        "booking",
+        s.AppointmentOut,
+        200,
+        s.CancelAppointment,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "POST",
+        "/appointments/{appointment_id}/reschedule",
+        h.reschedule,
+        "Move an appointment: the new one replaces it, atomically",
+        "booking",
+        s.AppointmentOut,
+        201,
+        s.RescheduleAppointment,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "POST",
+        "/appointments/{appointment_id}/noshow",
+        h.mark_noshow,
+        "Mark an appointment as a no-show",
+        "booking",
+        s.AppointmentOut,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "POST",
+        "/appointments/{appointment_id}/fulfilled",
+        h.mark_fulfilled,
+        "Mark an appointment as fulfilled",
+        "booking",
+        s.AppointmentOut,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "POST",
+        "/admin/tokens",
+        h.issue_token,
+        "Issue a bearer token for an actor",
+        "admin",
+        s.TokenOut,
+        201,
+        s.IssueToken,
+        errors=WRITE_ERRORS,
+    ),
+    Route("GET", "/healthz", h.healthz, "Liveness", "operations", s.Health, public=True, errors=()),
+    Route(
+        "GET",
+        "/readyz",
+        h.readyz,
+        "Readiness: database and NATS reachable",
+        "operations",
+        s.Health,
+        public=True,
+        errors=(503,),
+    ),
+)
+
+
+def add_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)

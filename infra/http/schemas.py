@@ -1,0 +1,239 @@
+"""Wire types for the HTTP API. msgspec validates bodies and query strings
+into these, renders responses from them, and generates the OpenAPI document.
+Every field added later gets a default, so old clients keep working."""
+
+from datetime import date, datetime, time
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")]
+Minutes = Annotated[int, msgspec.Meta(ge=0, le=60 * 24 * 365)]
+Weekday = Annotated[int, msgspec.Meta(ge=0, le=6, description="0 = Monday … 6 = Sunday")]
+Reason = Annotated[str, msgspec.Meta(max_length=500)]
+SexIn = Literal["female", "male", "other", "unknown"]
+ActorKindIn = Literal[
+    "patient", "practitioner", "staff", "integration", "analyst", "operator", "admin"
+]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Unknown fields are refused: a typo must not silently change nothing."""
+
+
+# -- requests -------------------------------------------------------------
+
+
+class MotiveIn(Strict):
+    id: Slug
+    name: Name
+    duration_minutes: Annotated[int, msgspec.Meta(ge=5, le=480)]
+    online: bool = True
+
+
+class HoursIn(Strict):
+    weekday: Weekday
+    start: time
+    end: time
+
+
+class PolicyIn(Strict):
+    min_notice_minutes: Minutes = 60
+    horizon_days: Annotated[int, msgspec.Meta(ge=1, le=730)] = 90
+    cancellation_window_minutes: Minutes = 240
+
+
+class RegisterEstablishment(Strict):
+    name: Name
+    address: Name
+    city: Name
+    timezone: str = "Europe/Paris"
+
+
+class RegisterPractitioner(Strict):
+    name: Name
+    specialty: Name
+    establishment_id: UUID
+    motives: list[MotiveIn] = []
+    hours: list[HoursIn] = []
+    policy: PolicyIn = msgspec.field(default_factory=PolicyIn)
+
+
+class SetOpeningHours(Strict):
+    hours: list[HoursIn]
+
+
+class AddAbsence(Strict):
+    start: datetime
+    end: datetime
+    reason: Reason = ""
+
+
+class RegisterPatient(Strict):
+    first_name: Name
+    last_name: Name
+    birth_date: date
+    sex: SexIn
+    email: Annotated[str, msgspec.Meta(max_length=254)]
+    phone: Annotated[str, msgspec.Meta(max_length=32)]
+
+
+class ChangeContactDetails(Strict):
+    email: Annotated[str, msgspec.Meta(max_length=254)]
+    phone: Annotated[str, msgspec.Meta(max_length=32)]
+
+
+class BookAppointment(Strict):
+    practitioner_id: UUID
+    motive_id: Slug
+    start: datetime
+    end: datetime | None = None
+    patient_id: UUID | None = None
+
+
+class CancelAppointment(Strict):
+    reason: Reason = ""
+
+
+class RescheduleAppointment(Strict):
+    start: datetime
+
+
+class IssueToken(Strict):
+    actor_kind: ActorKindIn
+    actor_id: UUID | None = None
+    establishment_id: UUID | None = None
+    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class AvailabilityQuery(Strict):
+    motive_id: Slug
+    from_: date = msgspec.field(name="from")
+    to: date
+
+
+class AgendaQuery(Strict):
+    date: date
+
+
+# -- responses ------------------------------------------------------------
+
+
+class Out(msgspec.Struct, kw_only=True):
+    pass
+
+
+class EstablishmentOut(Out):
+    id: UUID
+    name: str
+    address: str
+    city: str
+    timezone: str
+
+
+class MotiveOut(Out):
+    id: str
+    name: str
+    duration_minutes: int
+    online: bool
+
+
+class HoursOut(Out):
+    weekday: int
+    start: time
+    end: time
+
+
+class AbsenceOut(Out):
+    start: datetime
+    end: datetime
+    reason: str
+
+
+class PolicyOut(Out):
+    min_notice_minutes: int
+    horizon_days: int
+    cancellation_window_minutes: int
+
+
+class PractitionerOut(Out):
+    id: UUID
+    name: str
+    specialty: str
+    establishment_id: UUID
+    timezone: str
+    motives: list[MotiveOut]
+    hours: list[HoursOut]
+    absences: list[AbsenceOut]
+    policy: PolicyOut
+
+
+class PatientOut(Out):
+    id: UUID
+    first_name: str
+    last_name: str
+    birth_date: date
+    sex: str
+    email: str
+    phone: str
+
+
+class AppointmentOut(Out):
+    id: UUID
+    patient_id: UUID
+    practitioner_id: UUID
+    establishment_id: UUID
+    motive_id: str
+    start: datetime
+    end: datetime
+    status: Literal["booked", "cancelled", "noshow", "fulfilled"]
+    source: Literal["patient", "practitioner", "staff", "integration"]
+    replaces: UUID | None = None
+    replaced_by: UUID | None = None
+    cancellation_reason: str | None = None
+
+
+class SlotOut(Out):
+    start: datetime
+    end: datetime
+
+
+class AvailabilityOut(Out):
+    practitioner_id: UUID
+    motive_id: str
+    slots: list[SlotOut]
+
+
+class AgendaOut(Out):
+    practitioner_id: UUID
+    date: date
+    appointments: list[AppointmentOut]
+
+
+class TokenOut(Out):
+    token: str
+    token_id: UUID
+    actor_kind: str
+    actor_id: UUID
+    establishment_id: UUID | None = None
+
+
+class Health(Out):
+    status: Literal["ok", "degraded", "unavailable"]
+    checks: dict[str, str] = {}
+
+
+class Problem(Out):
+    """RFC 9457 problem details, with the offending field named."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    field: str | None = None
+
+
+class Created(Out):
+    id: UUID

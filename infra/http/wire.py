@@ -1,0 +1,121 @@
+"""Turning requests into typed values and results into responses."""
+
+import re
+from typing import Any, TypeVar
+from uuid import UUID
+
+import msgspec
+from aiohttp import web
+
+from infra.http.schemas import Problem
+
+T = TypeVar("T")
+
+PROBLEM_JSON = "application/problem+json"
+PROBLEM_BASE = "https://carnet.dev/problems/"
+MAX_BODY = 64 * 1024
+POSITION_HEADER = "Carnet-Position"
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+class HTTPProblem(Exception):
+    """A refusal that is already an HTTP answer (raised by the edge itself)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        title: str,
+        detail: str = "",
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.problem = Problem(
+            type=PROBLEM_BASE + code, title=title, status=status, detail=detail, field=field
+        )
+        self.headers = headers or {}
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(problem),
+        status=problem.status,
+        content_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _field_of(error: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
+    """Split msgspec's "Expected `int`, got `str` - at `$.a[0].b`" into detail and field."""
+    message = str(error)
+    match = _AT_PATH.search(message)
+    if not match:
+        missing = re.search(r"missing required field `([^`]+)`", message)
+        if missing:
+            return message, missing.group(1)
+        unknown = re.search(r"unknown field `([^`]+)`", message)
+        return message, unknown.group(1) if unknown else prefix
+    path = match.group("path").lstrip(".")
+    detail = message[: match.start()]
+    unknown = re.search(r"unknown field `([^`]+)`", detail)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    return detail, path or prefix
+
+
+def _bad_input(error: msgspec.ValidationError, prefix: str) -> HTTPProblem:
+    detail, field = _field_of(error, prefix)
+    return HTTPProblem(400, "invalid-input", "The request is invalid", detail, field)
+
+
+async def read_body(request: web.Request, cls: type[T]) -> T:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise HTTPProblem(413, "too-large", "The body is too large", field="body")
+    if request.content_type != "application/json":
+        raise HTTPProblem(
+            415, "unsupported-media-type", "Send application/json", field="Content-Type"
+        )
+    raw = await request.read()
+    decoder = _decoders.get(cls)
+    if decoder is None:
+        decoder = _decoders[cls] = msgspec.json.Decoder(cls)
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as e:
+        raise _bad_input(e, "body") from None
+    except msgspec.DecodeError as e:
+        raise HTTPProblem(
+            400, "malformed-json", "The body is not valid JSON", str(e), "body"
+        ) from None
+
+
+def read_query(request: web.Request, cls: type[T]) -> T:
+    params: dict[str, str] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) != 1:
+            raise HTTPProblem(400, "invalid-input", "Give each parameter once", field=key)
+        params[key] = values[0]
+    try:
+        return msgspec.convert(params, cls, strict=False)
+    except msgspec.ValidationError as e:
+        raise _bad_input(e, "query") from None
+
+
+def path_id(request: web.Request, name: str, what: str) -> UUID:
+    """A malformed id is, to the caller, just another id that does not exist."""
+    try:
+        return UUID(request.match_info[name])
+    except ValueError:
+        raise HTTPProblem(404, "not-found", "Not found", f"no such {what}", name) from None
+
+
+def reply(obj: Any, status: int = 200, position: int | None = None) -> web.Response:
+    headers = {POSITION_HEADER: str(position)} if position else None
+    return web.Response(
+        body=_encoder.encode(obj), status=status, content_type="application/json", headers=headers
+    )

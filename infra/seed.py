@@ -1,0 +1,150 @@
+"""The demo world that `make run` serves: seeded once, reused afterwards."""
+
+import json
+import logging
+from datetime import date, time, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+from domain.directory import Establishment
+from domain.values import BookingPolicy, Motive, OpeningHours, Sex
+from infra.http.keys import Services
+from services.actors import Actor, ActorKind
+from services.ports import Metadata
+
+log = logging.getLogger("carnet.seed")
+
+WEEKDAYS = range(5)
+DAY_HOURS = ((time(9), time(12)), (time(14), time(18)))
+
+PRACTITIONERS: list[dict[str, Any]] = [
+    {
+        "name": "Dr Claire Martin",
+        "specialty": "general practice",
+        "motives": [
+            Motive("consultation", "Consultation", 20),
+            Motive("first-visit", "First visit", 30),
+        ],
+    },
+    {
+        "name": "Dr Hugo Bernard",
+        "specialty": "dentistry",
+        "motives": [
+            Motive("checkup", "Check-up", 30),
+            Motive("emergency", "Dental emergency", 15, online=False),
+        ],
+    },
+    {
+        "name": "Dr Inès Petit",
+        "specialty": "pediatrics",
+        "motives": [Motive("consultation", "Consultation", 30)],
+    },
+]
+PATIENTS = [
+    (
+        "Alice",
+        "Durand",
+        date(1985, 4, 12),
+        Sex.FEMALE,
+        "alice.durand@example.org",
+        "+33 6 12 34 56 78",
+    ),
+    (
+        "Bruno",
+        "Lefèvre",
+        date(1972, 11, 3),
+        Sex.MALE,
+        "bruno.lefevre@example.org",
+        "+33 6 98 76 54 32",
+    ),
+]
+
+
+async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
+    """Create the demo world unless demo_file says it exists in this database."""
+    directory = services.directory
+    root = Actor(ActorKind.ADMIN, UUID(int=0))
+    meta = Metadata(actor_kind="admin", actor_id="seed", request_id="seed")
+    world = _load(demo_file)
+    if world is not None:
+        existing = await services.booking.repo.get(Establishment, UUID(world["establishment"]))
+        if existing is not None:
+            return world
+        log.info("demo file %s names another database; seeding anew", demo_file)
+    saved = await directory.register_establishment(
+        root, meta, "Maison de santé Carnet", "12 rue des Lilas", "Paris", "Europe/Paris"
+    )
+    hours = tuple(OpeningHours(day, start, end) for day in WEEKDAYS for start, end in DAY_HOURS)
+    practitioners = []
+    for p in PRACTITIONERS:
+        made = await directory.register_practitioner(
+            root,
+            meta,
+            name=p["name"],
+            specialty=p["specialty"],
+            establishment_id=saved.id,
+            policy=BookingPolicy(),
+            motives=p["motives"],
+            hours=hours,
+        )
+        practitioners.append(str(made.id))
+    patients = []
+    for first, last, born, sex, email, phone in PATIENTS:
+        made = await directory.register_patient(
+            root,
+            meta,
+            first_name=first,
+            last_name=last,
+            birth_date=born,
+            sex=sex,
+            email=email,
+            phone=phone,
+        )
+        patients.append(str(made.id))
+    admin = await directory.issue_token(root, ActorKind.ADMIN, label="demo admin")
+    tokens = {"admin": admin.secret}
+    issue = {
+        ActorKind.PATIENT: {"actor_id": UUID(patients[0])},
+        ActorKind.PRACTITIONER: {"actor_id": UUID(practitioners[0])},
+        ActorKind.STAFF: {"establishment_id": saved.id},
+        ActorKind.INTEGRATION: {},
+        ActorKind.ANALYST: {},
+        ActorKind.OPERATOR: {},
+    }
+    for kind, args in issue.items():
+        issued = await directory.issue_token(root, kind, label=f"demo {kind.value}", **args)
+        tokens[kind.value] = issued.secret
+    world = {
+        "establishment": str(saved.id),
+        "practitioners": practitioners,
+        "patients": patients,
+        "tokens": tokens,
+        "seed_id": str(uuid4()),
+    }
+    _save(demo_file, world)
+    return world
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _save(path: Path, world: dict[str, Any]) -> None:
+    # The file holds bearer tokens: readable by its owner only.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(world, indent=2))
+    path.chmod(0o600)
+
+
+async def first_free_slot(services: Services, world: dict[str, Any]) -> str | None:
+    patient = Actor(ActorKind.PATIENT, UUID(world["patients"][0]))
+    today = services.booking.clock.now().date()
+    slots = await services.booking.availability(
+        patient,
+        UUID(world["practitioners"][0]),
+        "consultation",
+        today,
+        today + timedelta(days=14),
+    )
+    return slots[0].start.isoformat().replace("+00:00", "Z") if slots else None

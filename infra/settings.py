@@ -1,0 +1,38 @@
+"""Settings: read once from the environment into one typed struct."""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str | None = None  # None: start the embedded PostgreSQL
+    nats_url: str | None = None  # None: start the embedded nats-server
+    database_name: str = "carnet"
+    http_host: str = "127.0.0.1"
+    http_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    data_dir: Path = Path(".carnet")
+    pool_min: Annotated[int, msgspec.Meta(ge=1, le=200)] = 2
+    pool_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Fail loudly at startup on a malformed value, naming the variable."""
+    env = os.environ if environ is None else environ
+    raw = {
+        field: env[f"CARNET_{field.upper()}"]
+        for field in Settings.__struct_fields__
+        if f"CARNET_{field.upper()}" in env
+    }
+    try:
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
+    except msgspec.ValidationError as e:
+        raise SystemExit(f"invalid CARNET_* setting: {e}") from None
+
+
+def _decode(cls: type, value: object) -> object:
+    if cls is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(cls)

@@ -1,0 +1,163 @@
+"""Real servers for every test run.
+
+With CARNET_DATABASE_URL / CARNET_NATS_URL set (CI sets them), the suite
+uses those servers; otherwise it starts PostgreSQL and nats-server from their
+wheels. Either way it creates its own databases, one template per run and one
+copy per test, and drops them all at the end.
+"""
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from infra.bootstrap import build_services, open_pool, with_database
+from infra.http.app import create_app
+from infra.http.keys import Services
+from infra.schema import apply_schema
+from tests.world import World, make_world
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+@dataclass
+class Servers:
+    database_url: str  # the server's maintenance database
+    nats_url: str
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    database_url = os.environ.get("CARNET_DATABASE_URL")
+    nats_url = os.environ.get("CARNET_NATS_URL")
+    started: list[object] = []
+    tmp = Path(tempfile.mkdtemp(prefix="carnet-test-"))
+    try:
+        if not database_url or not nats_url:
+            from infra import embedded
+
+            if not database_url:
+                pg = embedded.start_postgres(tmp / "pg")
+                started.append(pg)
+                database_url = pg.dsn
+            if not nats_url:
+                server = embedded.start_nats(tmp / "nats")
+                started.append(server)
+                nats_url = server.url
+        yield Servers(database_url, nats_url)
+    finally:
+        for server in reversed(started):
+            server.stop()  # type: ignore[attr-defined]
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _admin(url: str) -> asyncpg.Connection:
+    return await asyncpg.connect(url)
+
+
+@pytest.fixture(scope="session")
+def template_db(servers: Servers) -> Iterator[str]:
+    """A database holding the schema, copied for each test (fast: file copy)."""
+    name = f"carnet_test_{RUN_ID}_tpl"
+
+    async def create() -> None:
+        conn = await _admin(servers.database_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(with_database(servers.database_url, name))
+        try:
+            await apply_schema(conn)
+        finally:
+            await conn.close()
+
+    async def drop_all() -> None:
+        conn = await _admin(servers.database_url)
+        try:
+            names = await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE $1",
+                f"carnet_test_{RUN_ID}_%",
+            )
+            for row in names:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{row[0]}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    try:
+        yield name
+    finally:
+        asyncio.run(drop_all())
+
+
+@pytest.fixture
+async def db_url(servers: Servers, template_db: str) -> AsyncIterator[str]:
+    name = f"carnet_test_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    conn = await _admin(servers.database_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await conn.close()
+    yield with_database(servers.database_url, name)
+    conn = await _admin(servers.database_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await open_pool(db_url)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+    def advance(self, **kwargs: float) -> None:
+        self._now += timedelta(**kwargs)
+
+
+# Tuesday 1 December 2026, 08:00 in Paris: inside opening hours, before noon.
+T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def services(pool: asyncpg.Pool, clock: FakeClock) -> Services:
+    return build_services(pool, clock=clock)
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    async with TestClient(TestServer(create_app(services))) as client:
+        yield client
+
+
+@pytest.fixture
+async def world(services: Services) -> World:
+    return await make_world(services)
