@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -39,7 +40,7 @@ class Servers:
 def servers() -> Iterator[Servers]:
     database_url = os.environ.get("CARNET_DATABASE_URL")
     nats_url = os.environ.get("CARNET_NATS_URL")
-    started: list[object] = []
+    started: list[Any] = []
     tmp = Path(tempfile.mkdtemp(prefix="carnet-test-"))
     try:
         if not database_url or not nats_url:
@@ -55,8 +56,8 @@ def servers() -> Iterator[Servers]:
                 nats_url = server.url
         yield Servers(database_url, nats_url)
     finally:
-        for server in reversed(started):
-            server.stop()  # type: ignore[attr-defined]
+        for running in reversed(started):
+            running.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -153,7 +154,7 @@ def services(pool: asyncpg.Pool, clock: FakeClock) -> Services:
 
 
 @pytest.fixture
-async def client(services: Services) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(services: Services) -> AsyncIterator[TestClient]:
     async with TestClient(TestServer(create_app(services))) as client:
         yield client
 
