@@ -30,10 +30,16 @@ class AgendaDay(Aggregate):
     def taken(self) -> list[Interval]:
         return [b.interval for b in self.bookings.values()]
 
-    def reserve(self, appointment_id: UUID, start: datetime, end: datetime) -> None:
-        wanted = Interval(start, end)
-        if any(wanted.overlaps(b.interval) for b in self.bookings.values()):
+    def require_free(self, wanted: Interval, ignoring: UUID | None = None) -> None:
+        if any(
+            wanted.overlaps(b.interval)
+            for b in self.bookings.values()
+            if b.appointment_id != ignoring
+        ):
             raise SlotTaken("that time is already booked", field="start")
+
+    def reserve(self, appointment_id: UUID, start: datetime, end: datetime) -> None:
+        self.require_free(Interval(start, end))
         self._slot_reserved(appointment_id, start, end)
 
     @event("SlotReserved")
@@ -174,6 +180,11 @@ def reschedule(
     object, so the release happens first and the new time may overlap the old.
     """
     old._require_booked()
+    # Check everything before changing anything: a refusal leaves both
+    # aggregates exactly as they were, even in memory.
+    if (end - start).total_seconds() != duration_minutes * 60:
+        raise WrongDuration(f"this motive lasts {duration_minutes} minutes", field="end")
+    new_day.require_free(Interval(start, end), ignoring=old.id if new_day is old_day else None)
     old_day.release(old.id)
     new = book(
         new_day,

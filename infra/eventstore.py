@@ -15,6 +15,7 @@ import asyncpg
 import msgspec
 from eventsourcing.persistence import StoredEvent
 
+from infra.metrics import EVENTS_APPENDED, VERSION_CONFLICTS
 from infra.schema import SCHEMA
 from services.ports import Idempotency, IdempotentResult, Metadata, Unavailable, VersionConflict
 
@@ -38,6 +39,7 @@ WHERE (tx, position) > ($1::xid8, $2::bigint)
 ORDER BY tx, position
 LIMIT $3
 """
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 _CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 
 
@@ -80,33 +82,45 @@ class EventStore:
         idempotency: Idempotency | None = None,
     ) -> int:
         """Insert all events in one transaction; return the last position."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await self.append_on(conn, events, meta, idempotency)
+        except asyncpg.UniqueViolationError as e:
+            VERSION_CONFLICTS.inc()
+            raise VersionConflict(str(e)) from None
+        except _CONNECTION_ERRORS as e:
+            raise Unavailable(str(e)) from e
+
+    @staticmethod
+    async def append_on(
+        conn: Connection,
+        events: Sequence[StoredEvent],
+        meta: Metadata,
+        idempotency: Idempotency | None = None,
+    ) -> int:
+        """Insert on a connection whose transaction the caller controls."""
         if not events:
             raise ValueError("nothing to append")
-        args = (
+        rows = await conn.fetch(
+            _INSERT,
             [e.originator_id for e in events],
             [e.originator_version for e in events],
             [e.topic for e in events],
             [e.state for e in events],
             _meta_encoder.encode(meta).decode(),
         )
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(_INSERT, *args)
-                position = int(rows[-1]["position"])
-                if idempotency is not None:
-                    await conn.execute(
-                        _INSERT_KEY,
-                        idempotency.scope,
-                        idempotency.key,
-                        idempotency.request_hash,
-                        idempotency.result,
-                        position,
-                    )
-                return position
-        except asyncpg.UniqueViolationError as e:
-            raise VersionConflict(str(e)) from None
-        except _CONNECTION_ERRORS as e:
-            raise Unavailable(str(e)) from e
+        position = int(rows[-1]["position"])
+        if idempotency is not None:
+            await conn.execute(
+                _INSERT_KEY,
+                idempotency.scope,
+                idempotency.key,
+                idempotency.request_hash,
+                idempotency.result,
+                position,
+            )
+        EVENTS_APPENDED.inc(len(events))
+        return position
 
     async def read_aggregate(self, originator_id: UUID) -> list[StoredEvent]:
         try:

@@ -1,0 +1,63 @@
+from uuid import uuid4
+
+import pytest
+
+from services.actors import Actor, ActorKind
+from services.policy import Action, Kind, Resource, allowed
+
+PATIENT, OTHER_PATIENT = uuid4(), uuid4()
+DOCTOR, OTHER_DOCTOR = uuid4(), uuid4()
+PLACE, OTHER_PLACE = uuid4(), uuid4()
+APPOINTMENT = Resource(Kind.APPOINTMENT, PATIENT, DOCTOR, PLACE)
+
+
+def actor(kind: ActorKind, id=None, place=None) -> Actor:
+    return Actor(kind, id or uuid4(), place)
+
+
+@pytest.mark.parametrize(
+    ("who", "action", "expected"),
+    [
+        (actor(ActorKind.PATIENT, PATIENT), Action.READ, True),
+        (actor(ActorKind.PATIENT, PATIENT), Action.CANCEL, True),
+        (actor(ActorKind.PATIENT, PATIENT), Action.MARK, False),
+        (actor(ActorKind.PATIENT, OTHER_PATIENT), Action.READ, False),
+        (actor(ActorKind.PRACTITIONER, DOCTOR), Action.MARK, True),
+        (actor(ActorKind.PRACTITIONER, OTHER_DOCTOR), Action.READ, False),
+        (actor(ActorKind.STAFF, place=PLACE), Action.CANCEL, True),
+        (actor(ActorKind.STAFF, place=OTHER_PLACE), Action.READ, False),
+        (actor(ActorKind.INTEGRATION), Action.READ, False),
+        (actor(ActorKind.ANALYST), Action.READ, False),
+        (actor(ActorKind.OPERATOR), Action.READ, False),
+        (actor(ActorKind.ADMIN), Action.MARK, True),
+    ],
+)
+def test_who_may_do_what_to_an_appointment(who, action, expected):
+    assert allowed(who, action, APPOINTMENT) is expected
+
+
+def test_a_patient_sees_only_their_own_profile():
+    me = actor(ActorKind.PATIENT, PATIENT)
+    assert allowed(me, Action.READ, Resource(Kind.PATIENT, patient_id=PATIENT))
+    assert not allowed(me, Action.READ, Resource(Kind.PATIENT, patient_id=OTHER_PATIENT))
+
+
+def test_staff_register_patients_but_cannot_browse_them():
+    desk = actor(ActorKind.STAFF, place=PLACE)
+    assert allowed(desk, Action.CREATE, Resource(Kind.PATIENT))
+    assert not allowed(desk, Action.READ, Resource(Kind.PATIENT, patient_id=PATIENT))
+
+
+def test_agendas_are_visible_to_their_practitioner_and_establishment_only():
+    agenda = Resource(Kind.AGENDA, practitioner_id=DOCTOR, establishment_id=PLACE)
+    assert allowed(actor(ActorKind.PRACTITIONER, DOCTOR), Action.READ, agenda)
+    assert allowed(actor(ActorKind.STAFF, place=PLACE), Action.READ, agenda)
+    assert not allowed(actor(ActorKind.PRACTITIONER, OTHER_DOCTOR), Action.READ, agenda)
+    assert not allowed(actor(ActorKind.STAFF, place=OTHER_PLACE), Action.READ, agenda)
+    assert not allowed(actor(ActorKind.PATIENT, PATIENT), Action.READ, agenda)
+
+
+def test_directory_and_availability_are_public_to_any_authenticated_actor():
+    for kind in ActorKind:
+        assert allowed(actor(kind), Action.READ, Resource(Kind.AVAILABILITY))
+        assert allowed(actor(kind), Action.READ, Resource(Kind.PRACTITIONER))
