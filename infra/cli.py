@@ -31,9 +31,10 @@ log = logging.getLogger("carnet")
 
 @contextlib.asynccontextmanager
 async def services_for(settings: Settings, servers: Servers) -> AsyncIterator[Services]:
-    url = await ensure_database(servers.database_url, settings.database_name)
-    if settings.database_url and "/" in settings.database_url.split("://", 1)[-1]:
-        url = settings.database_url  # an explicit URL names its own database
+    # An explicit URL names its own database; the embedded server gets one of ours.
+    url = settings.database_url or await ensure_database(
+        servers.database_url, settings.database_name
+    )
     pool = await open_pool(url, settings)
     try:
         async with connect_nats(servers.nats_url) as nc:

@@ -19,8 +19,9 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
-ACTOR = "carnet.actor"
-REQUEST_ID = "carnet.request_id"
+# Typed request keys (aiohttp >= 3.14 warns on plain string keys).
+ACTOR = web.RequestKey("actor", Actor)
+REQUEST_ID = web.RequestKey("request_id", str)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
 
 

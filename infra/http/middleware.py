@@ -8,7 +8,14 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiohttp import web
 
-from domain.errors import Conflict, DomainError, Forbidden, NotFound, RuleViolation
+from domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    IdempotencyKeyReused,
+    NotFound,
+    RuleViolation,
+)
 from infra.http.keys import ACTOR, PUBLIC_PATHS, REQUEST_ID, SERVICES
 from infra.http.schemas import Problem
 from infra.http.wire import PROBLEM_BASE, HTTPProblem, problem_response
@@ -19,13 +26,23 @@ log = logging.getLogger("carnet.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_STATUS = [(NotFound, 404), (Forbidden, 403), (Conflict, 409), (RuleViolation, 422)]
+# A reused Idempotency-Key is the client's error, not a race: 422, as in the
+# IETF Idempotency-Key draft, although the domain files it under Conflict.
+_STATUS = [
+    (NotFound, 404),
+    (Forbidden, 403),
+    (IdempotencyKeyReused, 422),
+    (Conflict, 409),
+    (RuleViolation, 422),
+]
 _DB_DOWN = (
     Unavailable,
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # server shutting down or starting up
+    asyncpg.InvalidCatalogNameError,  # our database is gone (dropped, not restored yet)
 )
 
 

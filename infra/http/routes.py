@@ -11,7 +11,7 @@ from infra.http import schemas as s
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 READ_ERRORS = (400, 401, 404, 503)
-WRITE_ERRORS = (400, 401, 403, 404, 409, 415, 422, 503)
+WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422, 503)
 
 
 @dataclass(frozen=True)

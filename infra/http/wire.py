@@ -1,12 +1,14 @@
 """Turning requests into typed values and results into responses."""
 
 import re
+from datetime import UTC, date, datetime, time
 from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
 from aiohttp import web
 
+from domain.errors import NotFound
 from infra.http.schemas import Problem
 
 T = TypeVar("T")
@@ -19,6 +21,10 @@ POSITION_HEADER = "Carnet-Position"
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+# Instants the domain can safely compute with: near the ends of the calendar,
+# shifting to UTC or adding a duration overflows.
+_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+_LATEST = datetime(3000, 1, 1, tzinfo=UTC)
 
 
 class HTTPProblem(Exception):
@@ -61,7 +67,7 @@ def _field_of(error: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
         return message, unknown.group(1) if unknown else prefix
     path = match.group("path").lstrip(".")
     detail = message[: match.start()]
-    unknown = re.search(r"unknown field `([^`]+)`", detail)
+    unknown = re.search(r"(?:unknown|missing required) field `([^`]+)`", detail)
     if unknown:
         path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
     return detail, path or prefix
@@ -70,6 +76,28 @@ def _field_of(error: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
 def _bad_input(error: msgspec.ValidationError, prefix: str) -> HTTPProblem:
     detail, field = _field_of(error, prefix)
     return HTTPProblem(400, "invalid-input", "The request is invalid", detail, field)
+
+
+def _check_times(value: T) -> T:
+    """Refuse, naming the field, a timestamp without an offset or out of range."""
+    names = getattr(value, "__struct_encode_fields__", ())
+    for attr, name in zip(getattr(value, "__struct_fields__", ()), names, strict=True):
+        found = getattr(value, attr)
+        if isinstance(found, datetime):
+            if found.utcoffset() is None:
+                raise HTTPProblem(
+                    400, "invalid-input", "The request is invalid", "give a UTC offset", name
+                )
+            instant = found
+        elif isinstance(found, date):
+            instant = datetime.combine(found, time(), tzinfo=UTC)
+        else:
+            continue
+        if not _EARLIEST <= instant < _LATEST:
+            raise HTTPProblem(
+                400, "invalid-input", "The request is invalid", "years 1900 to 2999 only", name
+            )
+    return value
 
 
 async def read_body(request: web.Request, cls: type[T]) -> T:
@@ -84,7 +112,7 @@ async def read_body(request: web.Request, cls: type[T]) -> T:
     if decoder is None:
         decoder = _decoders[cls] = msgspec.json.Decoder(cls)
     try:
-        return decoder.decode(raw)
+        return _check_times(decoder.decode(raw))
     except msgspec.ValidationError as e:
         raise _bad_input(e, "body") from None
     except msgspec.DecodeError as e:
@@ -101,7 +129,7 @@ def read_query(request: web.Request, cls: type[T]) -> T:
             raise HTTPProblem(400, "invalid-input", "Give each parameter once", field=key)
         params[key] = values[0]
     try:
-        return msgspec.convert(params, cls, strict=False)
+        return _check_times(msgspec.convert(params, cls, strict=False))
     except msgspec.ValidationError as e:
         raise _bad_input(e, "query") from None
 
@@ -111,7 +139,8 @@ def path_id(request: web.Request, name: str, what: str) -> UUID:
     try:
         return UUID(request.match_info[name])
     except ValueError:
-        raise HTTPProblem(404, "not-found", "Not found", f"no such {what}", name) from None
+        # Exactly the refusal the services give for an unknown or foreign id.
+        raise NotFound(f"no such {what}", field=name) from None
 
 
 def reply(obj: Any, status: int = 200, position: int | None = None) -> web.Response:
