@@ -16,6 +16,7 @@ import msgspec
 from eventsourcing.persistence import StoredEvent
 
 from infra.metrics import EVENTS_APPENDED, VERSION_CONFLICTS
+from infra.pgerrors import database_unavailable
 from infra.schema import SCHEMA
 from services.ports import Idempotency, IdempotentResult, Metadata, Unavailable, VersionConflict
 
@@ -40,7 +41,6 @@ ORDER BY tx, position
 LIMIT $3
 """
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
-_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError)
 
 
 @dataclass(frozen=True, order=True)
@@ -88,8 +88,10 @@ class EventStore:
         except asyncpg.UniqueViolationError as e:
             VERSION_CONFLICTS.inc()
             raise VersionConflict(str(e)) from None
-        except _CONNECTION_ERRORS as e:
-            raise Unavailable(str(e)) from e
+        except Exception as e:
+            if database_unavailable(e):
+                raise Unavailable(str(e)) from e
+            raise
 
     @staticmethod
     async def append_on(
@@ -129,8 +131,10 @@ class EventStore:
                 "WHERE originator_id = $1 ORDER BY originator_version",
                 originator_id,
             )
-        except _CONNECTION_ERRORS as e:
-            raise Unavailable(str(e)) from e
+        except Exception as e:
+            if database_unavailable(e):
+                raise Unavailable(str(e)) from e
+            raise
         return [StoredEvent(originator_id, r[0], r[1], r[2]) for r in rows]
 
     async def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:

@@ -5,7 +5,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 from aiohttp import web
 
 from domain.errors import (
@@ -20,7 +19,7 @@ from infra.http.keys import ACTOR, PUBLIC_PATHS, REQUEST_ID, SERVICES
 from infra.http.schemas import Problem
 from infra.http.wire import PROBLEM_BASE, HTTPProblem, problem_response
 from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from services.ports import Unavailable
+from infra.pgerrors import database_unavailable
 
 log = logging.getLogger("carnet.http")
 
@@ -35,15 +34,6 @@ _STATUS = [
     (Conflict, 409),
     (RuleViolation, 422),
 ]
-_DB_DOWN = (
-    Unavailable,
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.OperatorInterventionError,  # server shutting down or starting up
-    asyncpg.InvalidCatalogNameError,  # our database is gone (dropped, not restored yet)
-)
 
 
 def domain_problem(error: DomainError) -> Problem:
@@ -94,18 +84,18 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
             Problem(type=PROBLEM_BASE + "http", title=e.reason, status=e.status),
             {k: v for k, v in e.headers.items() if k in {"Allow"}},
         )
-    except _DB_DOWN as e:
-        log.warning("database unreachable: %s", e)
-        return problem_response(
-            Problem(
-                type=PROBLEM_BASE + "unavailable",
-                title="Service Unavailable",
-                status=503,
-                detail="the database is unreachable; retry shortly",
-            ),
-            {"Retry-After": "5"},
-        )
-    except Exception:
+    except Exception as e:
+        if database_unavailable(e):
+            log.warning("database unreachable: %s", e)
+            return problem_response(
+                Problem(
+                    type=PROBLEM_BASE + "unavailable",
+                    title="Service Unavailable",
+                    status=503,
+                    detail="the database is unreachable; retry shortly",
+                ),
+                {"Retry-After": "5"},
+            )
         # Logged with its trace here; the client gets no trace, only a reference.
         log.exception("unhandled error in %s %s", request.method, request.path)
         return problem_response(

@@ -1,0 +1,27 @@
+"""Which database failures mean "unreachable, retry later" rather than a bug."""
+
+import asyncio
+
+import asyncpg
+
+from services.ports import Unavailable
+
+_UNAVAILABLE = (
+    Unavailable,
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08: the connection broke
+    asyncpg.OperatorInterventionError,  # class 57: shutdown, starting up, terminated
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.InterfaceError,  # the pool or connection is closed
+    asyncpg.InvalidCatalogNameError,  # our database is gone (dropped, not restored yet)
+)
+
+
+def database_unavailable(error: BaseException) -> bool:
+    if isinstance(error, _UNAVAILABLE):
+        return True
+    # 55000 is raised on connect when a database refuses new connections.
+    return isinstance(
+        error, asyncpg.ObjectNotInPrerequisiteStateError
+    ) and "accepting connections" in str(error)

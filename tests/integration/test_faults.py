@@ -1,0 +1,77 @@
+"""Writes go on without NATS; a dead database answers 503, never a trace."""
+
+import socket
+from datetime import timedelta
+
+import asyncpg
+from aiohttp.test_utils import TestClient, TestServer
+
+from infra.bootstrap import build_services, connect_nats
+from infra.http.app import create_app
+from tests.conftest import T0
+from tests.world import World
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_connecting_to_a_dead_nats_gives_up_quickly_without_raising():
+    async with connect_nats(f"nats://127.0.0.1:{free_port()}") as nc:
+        assert nc is None
+
+
+async def test_bookings_go_on_while_nats_is_down_and_readyz_says_degraded(
+    pool, clock, world: World
+):
+    services = build_services(pool, clock=clock, nc=None)
+    async with TestClient(TestServer(create_app(services))) as client:
+        ready = await client.get("/readyz")
+        assert ready.status == 200
+        assert (await ready.json())["checks"] == {"database": "ok", "nats": "down"}
+        start = (T0 + timedelta(days=1, hours=1)).isoformat()  # Wednesday 09:00 Paris
+        booked = await client.post(
+            "/appointments",
+            json={
+                "practitioner_id": str(world.practitioner),
+                "motive_id": "consultation",
+                "start": start,
+            },
+            headers=world.auth("patient"),
+        )
+        assert booked.status == 201, await booked.text()
+
+
+async def test_a_lost_database_answers_503_with_retry_after_then_recovers(
+    db_url, servers, clock, world: World
+):
+    name = db_url.split("?")[0].rsplit("/", 1)[1]
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    admin = await asyncpg.connect(servers.database_url)
+    services = build_services(pool, clock=clock)
+    path = f"/practitioners/{world.practitioner}"
+    try:
+        async with TestClient(TestServer(create_app(services))) as client:
+            assert (await client.get(path, headers=world.auth("patient"))).status == 200
+            # Cut the database off: no new connections, existing ones killed.
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                name,
+            )
+            answer = await client.get(path, headers=world.auth("patient"))
+            body = await answer.text()
+            assert answer.status == 503, body
+            assert answer.headers["Retry-After"] == "5"
+            assert answer.content_type == "application/problem+json"
+            assert "Traceback" not in body
+            assert (await client.get("/readyz")).status == 503
+            # Back again: the pool reconnects and the same request succeeds.
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            assert (await client.get(path, headers=world.auth("patient"))).status == 200
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await pool.close()
