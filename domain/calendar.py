@@ -11,6 +11,8 @@ from domain.values import Absence, Interval, OpeningHours
 def require_aware(value: datetime, field: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidValue("a timestamp must carry a UTC offset", field=field)
+    if not 1900 <= value.year <= 2999:
+        raise InvalidValue("years 1900 to 2999 only", field=field)
     return value.astimezone(UTC)
 
 

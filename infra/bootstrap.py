@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import nats
-from nats.aio.client import Client as NATS
 
 from infra.eventstore import EventStore
 from infra.http.keys import Services
+from infra.natslink import NatsLink
+from infra.readmodels import PostgresReadModels
 from infra.repository import PostgresRepository
 from infra.schema import apply_schema
 from infra.settings import Settings
@@ -21,6 +21,7 @@ from services.booking import BookingService
 from services.common import SystemClock
 from services.directory import DirectoryService
 from services.ports import Clock
+from services.queries import QueryService
 
 log = logging.getLogger("carnet")
 
@@ -39,8 +40,12 @@ class Servers:
         self.embedded.clear()
 
 
-def start_servers(settings: Settings) -> Servers:
-    """Use the servers the environment names; start embedded ones otherwise."""
+def start_servers(settings: Settings, nats_needed: bool = True) -> Servers:
+    """Use the servers the environment names; start embedded ones otherwise.
+
+    An embedded server that another Carnet process already runs on the same
+    data directory is reused and left running: that process owns it.
+    """
     from infra import embedded
 
     servers = Servers(settings.database_url or "", settings.nats_url or "")
@@ -49,15 +54,19 @@ def start_servers(settings: Settings) -> Servers:
     try:
         if not settings.database_url:
             pg = embedded.start_postgres(data_dir / "pg")
-            servers.embedded.append(pg)
+            if not pg.reused:
+                servers.embedded.append(pg)
             servers.database_url = pg.dsn
-        if not settings.nats_url:
+        if not settings.nats_url and nats_needed:
             port_file = data_dir / "nats.port"
             port = int(port_file.read_text()) if port_file.exists() else None
-            server = embedded.start_nats(data_dir / "nats", port)
-            port_file.write_text(str(server.port))
-            servers.embedded.append(server)
-            servers.nats_url = server.url
+            if port is not None and embedded.accepts(port):
+                servers.nats_url = f"nats://127.0.0.1:{port}"
+            else:
+                server = embedded.start_nats(data_dir / "nats", port)
+                port_file.write_text(str(server.port))
+                servers.embedded.append(server)
+                servers.nats_url = server.url
     except BaseException:
         servers.stop()
         raise
@@ -93,41 +102,42 @@ async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
 
 
 def build_services(
-    pool: asyncpg.Pool, clock: Clock | None = None, nc: NATS | None = None
+    pool: asyncpg.Pool, clock: Clock | None = None, nats: NatsLink | None = None
 ) -> Services:
     clock = clock or SystemClock()
     repo = PostgresRepository(EventStore(pool))
+    read = PostgresReadModels(pool)
 
     async def database() -> str:
         await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
         return "ok"
 
     async def nats_check() -> str:
-        return "ok" if nc is not None and nc.is_connected else "down"
+        return "ok" if nats is not None and nats.is_connected else "down"
 
     return Services(
         booking=BookingService(repo, clock),
         directory=DirectoryService(repo, clock, PostgresTokenStore(pool)),
+        queries=QueryService(read, clock),
+        read=read,
         checks={"database": database, "nats": nats_check},
     )
 
 
 @contextlib.asynccontextmanager
-async def connect_nats(url: str) -> AsyncIterator[NATS | None]:
-    """NATS distributes the log but is not needed to write: start without it."""
-
-    async def quiet(error: Exception) -> None:
-        log.debug("NATS: %s", error)
-
+async def connect_nats(url: str, wait: bool = False) -> AsyncIterator[NatsLink]:
+    """A NATS link for the process; it keeps trying in the background if NATS is down."""
+    link = NatsLink(url)
+    connecting = None
+    if not await link.connect_once():
+        if wait:
+            await link.run()
+        else:
+            connecting = asyncio.create_task(link.run())
     try:
-        nc = await asyncio.wait_for(
-            nats.connect(url, connect_timeout=2, max_reconnect_attempts=-1, error_cb=quiet), 5
-        )
-    except Exception as e:  # NATS down at startup must not stop writes
-        log.warning("NATS unreachable at %s (%s); continuing without it", url, e)
-        yield None
-        return
-    try:
-        yield nc
+        yield link
     finally:
-        await nc.close()
+        if connecting is not None:
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+        await link.close()

@@ -77,6 +77,8 @@ class EmbeddedPostgres(_Server):
         self.dsn = f"postgresql://postgres@/postgres?host={host}&port={info.port}"
         self._server = server
         self._stopped = False
+        # True when another process started it: that process owns its lifetime.
+        self.reused = False
         atexit.register(self.stop)
 
     def stop(self) -> None:
@@ -99,22 +101,22 @@ class EmbeddedPostgres(_Server):
         logger.info("postgres stopped (%s)", self.data_dir)
 
 
-def _settle_previous_postmaster(pgdata: Path, timeout: float = 60.0) -> None:
-    """Leave `pgdata` either with a ready postmaster or without a stale postmaster.pid."""
+def _settle_previous_postmaster(pgdata: Path, timeout: float = 60.0) -> bool:
+    """Leave `pgdata` either with a ready postmaster (True) or without a stale postmaster.pid."""
     pidfile = pgdata / "postmaster.pid"
     deadline = time.monotonic() + timeout
     while True:
         try:
             lines = pidfile.read_text().splitlines()
         except FileNotFoundError:
-            return
+            return False
         pid = int(lines[0]) if lines and lines[0].strip().isdigit() else 0
         if pid and _alive(pid, "postgres"):
             # The library asserts "ready" and cannot cope with a server that is still
             # recovering or shutting down, so wait for either outcome.
             if len(lines) >= 8 and lines[7].strip() == "ready":
                 logger.info("reusing running postgres (pid %s) on %s", pid, pgdata)
-                return
+                return True
         else:
             # The library would trust a zombie or recycled pid; postgres' own shared-memory
             # interlock is lost with the file, so first make sure no orphaned backend remains.
@@ -128,7 +130,7 @@ def _settle_previous_postmaster(pgdata: Path, timeout: float = 60.0) -> None:
                     sock_lock.unlink(missing_ok=True)
             logger.warning("removing stale postmaster.pid (pid %s) in %s", pid, pgdata)
             pidfile.unlink(missing_ok=True)
-            return
+            return False
         if time.monotonic() > deadline:
             raise RuntimeError(f"postgres in {pgdata} did not become ready within {timeout}s")
         time.sleep(0.2)
@@ -138,7 +140,7 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     """Start (or reuse) a PostgreSQL server whose PGDATA is `data_dir`."""
     pgdata = data_dir.expanduser().resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
-    _settle_previous_postmaster(pgdata)
+    reused = _settle_previous_postmaster(pgdata)
     lib = _pg_lib()
     # Drop any cached handle so the library re-checks that the server is really up.
     lib.PostgresServer._instances.pop(pgdata, None)
@@ -147,6 +149,7 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     server = lib.get_server(pgdata, cleanup_mode=None)
     atexit.unregister(server._cleanup)
     pg = EmbeddedPostgres(pgdata, server)
+    pg.reused = reused
     logger.info("postgres ready (pid %s) at %s", pg.pid, pg.dsn)
     return pg
 
@@ -159,7 +162,8 @@ def _nats_binary() -> str:
     return found
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Whether something listens on this loopback port."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -186,7 +190,7 @@ class EmbeddedNats(_Server):
         if self._proc is not None:
             return
         self._stop_orphan()
-        if _accepts(self.port):
+        if accepts(self.port):
             raise RuntimeError(f"port {self.port} is already in use; cannot start nats-server")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [_nats_binary(), "-js", "-sd", str(self.data_dir / "jetstream"), "-a", "127.0.0.1"]
@@ -201,7 +205,7 @@ class EmbeddedNats(_Server):
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout
-        while not _accepts(self.port):
+        while not accepts(self.port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(

@@ -146,9 +146,12 @@ class EventStore:
         )
         return IdempotentResult(row[0], row[1], row[2]) if row else None
 
-    async def read_after(self, after: Checkpoint, limit: int = 1000) -> list[RecordedEvent]:
+    async def read_after(
+        self, after: Checkpoint, limit: int = 1000, conn: Connection | None = None
+    ) -> list[RecordedEvent]:
         """Committed events after `after`, in (tx, position) order, none skipped."""
-        rows = await self.pool.fetch(_READ_AFTER, after.tx, after.position, limit)
+        source = conn if conn is not None else self.pool
+        rows = await source.fetch(_READ_AFTER, after.tx, after.position, limit)
         return [
             RecordedEvent(
                 position=r[0],
@@ -162,6 +165,20 @@ class EventStore:
             )
             for r in rows
         ]
+
+    async def head(self) -> Checkpoint:
+        """The last committed event in reading order (a reader that reaches it has all)."""
+        row = await self.pool.fetchrow(
+            f"SELECT tx, position FROM {SCHEMA}.events ORDER BY tx DESC, position DESC LIMIT 1"
+        )
+        return Checkpoint(int(row[0]), int(row[1])) if row else Checkpoint()
+
+    async def checkpoint_of(self, position: int) -> Checkpoint | None:
+        """Where an event sits in reading order, to compare with a reader's checkpoint."""
+        tx = await self.pool.fetchval(
+            f"SELECT tx FROM {SCHEMA}.events WHERE position = $1", position
+        )
+        return None if tx is None else Checkpoint(int(tx), position)
 
     async def subscribe(
         self, after: Checkpoint, batch_size: int = 1000, idle_sleep: float = 0.05

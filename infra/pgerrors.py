@@ -14,6 +14,7 @@ _UNAVAILABLE = (
     asyncpg.OperatorInterventionError,  # class 57: shutdown, starting up, terminated
     asyncpg.InsufficientResourcesError,  # class 53: too many connections, disk full
     asyncpg.InterfaceError,  # the pool or connection is closed
+    asyncpg.InternalClientError,  # a connection killed mid-protocol ("cannot switch to state")
     asyncpg.InvalidCatalogNameError,  # our database is gone (dropped, not restored yet)
 )
 

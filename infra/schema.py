@@ -33,6 +33,23 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.idempotency_keys (
     PRIMARY KEY (scope, key)
 );
 
+CREATE TABLE IF NOT EXISTS {SCHEMA}.relay_checkpoints (
+    stream text PRIMARY KEY,
+    tx xid8 NOT NULL,
+    position bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Wake tailing readers at commit; statement-level, so one NOTIFY per append.
+CREATE OR REPLACE FUNCTION {SCHEMA}.notify_events() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('carnet_events', '');
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER events_notify AFTER INSERT ON {SCHEMA}.events
+    FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.notify_events();
+
 CREATE TABLE IF NOT EXISTS {SCHEMA}.tokens (
     token_hash bytea PRIMARY KEY,
     token_id uuid NOT NULL UNIQUE,

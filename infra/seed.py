@@ -138,13 +138,18 @@ def _save(path: Path, world: dict[str, Any]) -> None:
 
 
 async def first_free_slot(services: Services, world: dict[str, Any]) -> str | None:
+    """The demo patient's first bookable consultation, from the availability read model."""
+    head = await services.read.store.last_position()
+    if head:
+        await services.read.wait_for(head, ["availability"], within=30)
     patient = Actor(ActorKind.PATIENT, UUID(world["patients"][0]))
     today = services.booking.clock.now().date()
-    slots = await services.booking.availability(
+    offers = await services.queries.offers(
         patient,
-        UUID(world["practitioners"][0]),
-        "consultation",
         today,
         today + timedelta(days=14),
+        practitioner_id=UUID(world["practitioners"][0]),
+        motive_id="consultation",
     )
+    slots = [slot for offer in offers for slot in offer.slots]
     return slots[0].start.isoformat().replace("+00:00", "Z") if slots else None

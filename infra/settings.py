@@ -1,6 +1,7 @@
 """Settings: read once from the environment into one typed struct."""
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path(".carnet")
     pool_min: Annotated[int, msgspec.Meta(ge=1, le=200)] = 2
     pool_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+    stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")] = "CARNET"
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
@@ -29,7 +31,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     try:
         return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode)
     except msgspec.ValidationError as e:
-        raise SystemExit(f"invalid CARNET_* setting: {e}") from None
+        # Name the variable, not msgspec's path to the field.
+        message = re.sub(r"\$\.(\w+)", lambda m: f"CARNET_{m.group(1).upper()}", str(e))
+        raise SystemExit(f"invalid setting: {message}") from None
 
 
 def _decode(cls: type, value: object) -> object:

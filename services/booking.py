@@ -2,15 +2,15 @@
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import NoReturn
 from uuid import UUID
 
 from domain import agenda
 from domain.agenda import AgendaDay, Appointment
-from domain.calendar import free_slots, local_day, require_aware
+from domain.calendar import local_day, require_aware
 from domain.directory import Patient, Practitioner
-from domain.errors import Forbidden, IdempotencyKeyReused, InvalidValue, NotFound
+from domain.errors import Forbidden, IdempotencyKeyReused, InvalidValue, NotFound, SlotTaken
 from domain.values import Interval, Source
 from services.actors import Actor, ActorKind
 from services.common import get_or_404, require, retrying
@@ -84,17 +84,23 @@ class BookingService:
         fingerprint = request_hash(practitioner_id, motive_id, start, end, patient_id)
         scope = f"{actor.kind.value}:{actor.id}:book"
 
+        async def replay() -> Booked | None:
+            if idempotency_key is None:
+                return None
+            earlier = await self.repo.idempotent_result(scope, idempotency_key)
+            if earlier is None:
+                return None
+            if earlier.request_hash != fingerprint:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used for another request",
+                    field="Idempotency-Key",
+                )
+            first = await self.get_appointment(actor, UUID(earlier.result))
+            return Booked(first, earlier.position, replayed=True)
+
         async def attempt() -> Booked:
-            if idempotency_key is not None:
-                earlier = await self.repo.idempotent_result(scope, idempotency_key)
-                if earlier is not None:
-                    if earlier.request_hash != fingerprint:
-                        raise IdempotencyKeyReused(
-                            "this Idempotency-Key was used for another request",
-                            field="Idempotency-Key",
-                        )
-                    first = await self.get_appointment(actor, UUID(earlier.result))
-                    return Booked(first, earlier.position, replayed=True)
+            if (replayed := await replay()) is not None:
+                return replayed
             practitioner = await get_or_404(
                 self.repo, Practitioner, practitioner_id, "practitioner_id"
             )
@@ -109,16 +115,23 @@ class BookingService:
                 motive, Interval(start, slot_end), self.clock.now(), actor.source
             )
             day = await self._day(practitioner, start)
-            appointment = agenda.book(
-                day,
-                patient_id=patient_id,
-                establishment_id=practitioner.establishment_id,
-                motive_id=motive.id,
-                duration_minutes=motive.duration_minutes,
-                start=start,
-                end=slot_end,
-                source=actor.source,
-            )
+            try:
+                appointment = agenda.book(
+                    day,
+                    patient_id=patient_id,
+                    establishment_id=practitioner.establishment_id,
+                    motive_id=motive.id,
+                    duration_minutes=motive.duration_minutes,
+                    start=start,
+                    end=slot_end,
+                    source=actor.source,
+                )
+            except SlotTaken:
+                # The slot may be taken by our own first attempt under this key,
+                # committed since we looked: answer as that attempt did.
+                if (replayed := await replay()) is not None:
+                    return replayed
+                raise
             claim = (
                 Idempotency(scope, idempotency_key, fingerprint, str(appointment.id))
                 if idempotency_key is not None
@@ -193,48 +206,6 @@ class BookingService:
             return Changed(appointment, position)
 
         return await retrying(attempt)
-
-    async def availability(
-        self, actor: Actor, practitioner_id: UUID, motive_id: str, start: date, end: date
-    ) -> list[Interval]:
-        if end < start:
-            raise InvalidValue("must not be before `from`", field="to")
-        if (end - start).days >= MAX_AVAILABILITY_DAYS:
-            raise InvalidValue(f"at most {MAX_AVAILABILITY_DAYS} days", field="to")
-        practitioner = await get_or_404(self.repo, Practitioner, practitioner_id, "practitioner_id")
-        motive = practitioner.motive(motive_id)
-        if actor.source is Source.PATIENT and not motive.online:
-            return []
-        now = self.clock.now()
-        earliest = now + timedelta(minutes=practitioner.policy.min_notice_minutes)
-        latest = now + timedelta(days=practitioner.policy.horizon_days)
-        slots: list[Interval] = []
-        day = start
-        while day <= end:
-            agenda_day = await self.repo.get(AgendaDay, AgendaDay.create_id(practitioner.id, day))
-            slots += free_slots(
-                practitioner.opening_on(day),
-                timedelta(minutes=motive.duration_minutes),
-                agenda_day.taken() if agenda_day else [],
-                practitioner.absences,
-                earliest,
-                latest,
-            )
-            day += timedelta(days=1)
-        return slots
-
-    async def agenda(self, actor: Actor, practitioner_id: UUID, day: date) -> list[Appointment]:
-        practitioner = await get_or_404(self.repo, Practitioner, practitioner_id, "practitioner_id")
-        resource = Resource(
-            Kind.AGENDA,
-            practitioner_id=practitioner.id,
-            establishment_id=practitioner.establishment_id,
-        )
-        require(actor, Action.READ, resource, "practitioner_id")
-        agenda_day = await self.repo.get(AgendaDay, AgendaDay.create_id(practitioner.id, day))
-        booked = sorted(agenda_day.bookings.values(), key=lambda b: b.start) if agenda_day else []
-        found = [await self.repo.get(Appointment, b.appointment_id) for b in booked]
-        return [a for a in found if a is not None]
 
 
 def raise_not_found() -> NoReturn:

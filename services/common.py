@@ -1,5 +1,7 @@
 """Shared helpers for use cases: retries, visibility, clocks."""
 
+import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -12,7 +14,7 @@ from services.ports import A, Repository, VersionConflict
 
 T = TypeVar("T")
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 12
 
 
 class SystemClock:
@@ -26,11 +28,13 @@ async def retrying(attempt: Callable[[], Awaitable[T]], attempts: int = MAX_ATTE
     Each attempt reloads the aggregates, so a lost race either succeeds on
     fresh state or fails with the domain's own refusal (e.g. SlotTaken).
     """
-    for _ in range(attempts):
+    for n in range(attempts):
         try:
             return await attempt()
         except VersionConflict:
-            continue
+            # Jittered backoff: a busy day's writers spread out instead of
+            # colliding again in lockstep.
+            await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(n, 6)))
     raise Conflict("too many concurrent changes; try again")
 
 
@@ -41,7 +45,9 @@ async def get_or_404(repo: Repository, cls: type[A], aggregate_id: UUID, field: 
     return found
 
 
-def require(actor: Actor, action: Action, resource: Resource, field: str) -> None:
-    """Refuse exactly as if the object did not exist."""
+def require(
+    actor: Actor, action: Action, resource: Resource, field: str, what: str | None = None
+) -> None:
+    """Refuse exactly as if the object named by `field` did not exist."""
     if not allowed(actor, action, resource):
-        raise NotFound(f"no such {resource.kind.value}", field=field)
+        raise NotFound(f"no such {what or resource.kind.value}", field=field)

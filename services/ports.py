@@ -2,12 +2,13 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
 from services.actors import Actor
 
 A = TypeVar("A", bound=Aggregate)
@@ -80,3 +81,94 @@ class TokenStore(Protocol):
 
     async def find(self, token_hash: bytes) -> Actor | None:
         """The actor bound to an unrevoked token with this hash, if any."""
+
+
+# -- read models ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EstablishmentRow:
+    id: UUID
+    name: str
+    address: str
+    city: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class PractitionerRow:
+    id: UUID
+    name: str
+    specialty: str
+    establishment_id: UUID
+    city: str | None
+    timezone: str
+    motives: tuple[Motive, ...]
+    hours: tuple[OpeningHours, ...]
+    absences: tuple[Absence, ...]
+    policy: BookingPolicy
+
+
+@dataclass(frozen=True)
+class AgendaEntry:
+    appointment_id: UUID
+    start: datetime
+    end: datetime
+    motive_id: str
+    motive_name: str | None
+    patient_id: UUID
+    patient_name: str | None
+    status: str
+    source: str
+    replaces: UUID | None
+    replaced_by: UUID | None
+
+
+@dataclass(frozen=True)
+class PatientAppointment:
+    appointment_id: UUID
+    practitioner_id: UUID
+    practitioner_name: str | None
+    specialty: str | None
+    establishment_id: UUID
+    establishment_name: str | None
+    address: str | None
+    city: str | None
+    motive_id: str
+    start: datetime
+    end: datetime
+    status: str
+    replaces: UUID | None
+    replaced_by: UUID | None
+
+
+class ReadModels(Protocol):
+    async def establishment(self, establishment_id: UUID) -> EstablishmentRow | None:
+        """One establishment from the directory."""
+
+    async def establishments(self, city: str | None, limit: int) -> list[EstablishmentRow]:
+        """Establishments, optionally in one city."""
+
+    async def practitioners(
+        self,
+        model: str,
+        *,
+        ids: Sequence[UUID] | None = None,
+        specialty: str | None = None,
+        city: str | None = None,
+        limit: int = 50,
+    ) -> list[PractitionerRow]:
+        """Practitioners from one read model's copy of the directory, filtered."""
+
+    async def booked(
+        self, practitioner_ids: Sequence[UUID], first: date, last: date
+    ) -> dict[UUID, list[Interval]]:
+        """Reserved intervals per practitioner over local days first..last."""
+
+    async def agenda(
+        self, practitioner_id: UUID, day: date
+    ) -> tuple[UUID, list[AgendaEntry]] | None:
+        """The practitioner's establishment and appointments that day, or None if unknown."""
+
+    async def patient_appointments(self, patient_id: UUID) -> list[PatientAppointment]:
+        """A patient's appointments, soonest first."""

@@ -24,7 +24,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from infra.bootstrap import build_services, open_pool, with_database
 from infra.http.app import create_app
 from infra.http.keys import Services
+from infra.http.wire import MIN_POSITION_HEADER
 from infra.schema import apply_schema
+from infra.workers import background
 from tests.world import World, make_world
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -153,9 +155,29 @@ def services(pool: asyncpg.Pool, clock: FakeClock) -> Services:
     return build_services(pool, clock=clock)
 
 
+class ConsistentClient(TestClient):
+    """A client that reads its own writes, as a well-behaved frontend does:
+    every request carries Carnet-Min-Position = the log's head when it is sent,
+    so read models answer only once they hold everything written before."""
+
+    def __init__(self, server: TestServer, services: Services) -> None:
+        super().__init__(server)
+        self.services = services
+
+    async def _request(self, method: str, path: Any, **kwargs: Any) -> Any:
+        head = await self.services.read.store.last_position()
+        if head:
+            kwargs["headers"] = {MIN_POSITION_HEADER: str(head), **(kwargs.get("headers") or {})}
+        return await super()._request(method, path, **kwargs)
+
+
 @pytest.fixture
-async def client(services: Services) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(create_app(services))) as client:
+async def client(services: Services, pool: asyncpg.Pool) -> AsyncIterator[TestClient]:
+    # Projections run in-process, as under `make run`.
+    async with (
+        background(pool, None),
+        ConsistentClient(TestServer(create_app(services)), services) as client,
+    ):
         yield client
 
 

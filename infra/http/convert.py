@@ -12,6 +12,7 @@ from infra.http.schemas import (
     PolicyOut,
     PractitionerOut,
 )
+from services.ports import EstablishmentRow, PractitionerRow
 
 
 def appointment_out(a: Appointment) -> AppointmentOut:
@@ -31,13 +32,14 @@ def appointment_out(a: Appointment) -> AppointmentOut:
     )
 
 
-def establishment_out(e: Establishment) -> EstablishmentOut:
+def establishment_out(e: Establishment | EstablishmentRow) -> EstablishmentOut:
     return EstablishmentOut(
         id=e.id, name=e.name, address=e.address, city=e.city, timezone=e.timezone
     )
 
 
-def practitioner_out(p: Practitioner) -> PractitionerOut:
+def practitioner_out(p: Practitioner | PractitionerRow) -> PractitionerOut:
+    motives = p.motives.values() if isinstance(p.motives, dict) else p.motives
     return PractitionerOut(
         id=p.id,
         name=p.name,
@@ -46,7 +48,7 @@ def practitioner_out(p: Practitioner) -> PractitionerOut:
         timezone=p.timezone,
         motives=[
             MotiveOut(id=m.id, name=m.name, duration_minutes=m.duration_minutes, online=m.online)
-            for m in p.motives.values()
+            for m in motives
         ],
         hours=[HoursOut(weekday=h.weekday, start=h.start, end=h.end) for h in p.hours],
         absences=[AbsenceOut(start=a.start, end=a.end, reason=a.reason) for a in p.absences],

@@ -13,7 +13,7 @@ from infra.http.convert import (
     practitioner_out,
 )
 from infra.http.keys import REQUEST_ID, SERVICES, Services, actor_of
-from infra.http.wire import HTTPProblem, path_id, read_body, read_query, reply
+from infra.http.wire import HTTPProblem, path_id, read_body, reply
 from services.actors import ActorKind
 from services.ports import Metadata
 
@@ -51,12 +51,6 @@ async def register_establishment(request: web.Request) -> web.Response:
     return reply(establishment_out(found), 201, saved.position)
 
 
-async def get_establishment(request: web.Request) -> web.Response:
-    establishment_id = path_id(request, "establishment_id", "establishment")
-    found = await _svc(request).directory.establishment(actor_of(request), establishment_id)
-    return reply(establishment_out(found))
-
-
 # -- practitioners ----------------------------------------------------------
 
 
@@ -79,12 +73,6 @@ async def register_practitioner(request: web.Request) -> web.Response:
     )
     found = await directory.practitioner(actor_of(request), saved.id)
     return reply(practitioner_out(found), 201, saved.position)
-
-
-async def get_practitioner(request: web.Request) -> web.Response:
-    practitioner_id = path_id(request, "practitioner_id", "practitioner")
-    found = await _svc(request).directory.practitioner(actor_of(request), practitioner_id)
-    return reply(practitioner_out(found))
 
 
 async def add_motive(request: web.Request) -> web.Response:
@@ -120,34 +108,6 @@ async def add_absence(request: web.Request) -> web.Response:
     )
     found = await directory.practitioner(actor_of(request), saved.id)
     return reply(practitioner_out(found), 201, saved.position)
-
-
-async def availability(request: web.Request) -> web.Response:
-    practitioner_id = path_id(request, "practitioner_id", "practitioner")
-    query = read_query(request, s.AvailabilityQuery)
-    slots = await _svc(request).booking.availability(
-        actor_of(request), practitioner_id, query.motive_id, query.from_, query.to
-    )
-    return reply(
-        s.AvailabilityOut(
-            practitioner_id=practitioner_id,
-            motive_id=query.motive_id,
-            slots=[s.SlotOut(start=i.start, end=i.end) for i in slots],
-        )
-    )
-
-
-async def agenda(request: web.Request) -> web.Response:
-    practitioner_id = path_id(request, "practitioner_id", "practitioner")
-    query = read_query(request, s.AgendaQuery)
-    found = await _svc(request).booking.agenda(actor_of(request), practitioner_id, query.date)
-    return reply(
-        s.AgendaOut(
-            practitioner_id=practitioner_id,
-            date=query.date,
-            appointments=[appointment_out(a) for a in found],
-        )
-    )
 
 
 # -- patients ---------------------------------------------------------------

@@ -5,15 +5,19 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from infra.readmodels import PostgresReadModels
 from services.actors import Actor
 from services.booking import BookingService
 from services.directory import DirectoryService
+from services.queries import QueryService
 
 
 @dataclass(frozen=True)
 class Services:
     booking: BookingService
     directory: DirectoryService
+    queries: QueryService
+    read: PostgresReadModels  # read-your-writes waits
     # name -> async check returning "ok" or raising; /readyz runs them all
     checks: dict[str, Callable[[], Awaitable[str]]]
 

@@ -7,6 +7,7 @@ import msgspec
 
 from infra.http.routes import ROUTES, Route
 from infra.http.schemas import Problem
+from infra.http.wire import MIN_POSITION_HEADER, MIN_POSITION_PARAM
 
 _REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -20,7 +21,7 @@ _STATUS_TEXT = {
     415: "Body is not application/json",
     422: "A domain rule refuses the request",
     429: "Throttled",
-    503: "Database unreachable; see Retry-After",
+    503: "Database unreachable, or a read model not caught up in time; see Retry-After",
 }
 
 
@@ -51,6 +52,25 @@ def _operation(route: Route, refs: dict[type, Any], schemas: dict[str, Any]) -> 
     ]
     if route.query is not None:
         params += _query_parameters(route.query, schemas)
+    if route.read_model:
+        position = {"type": "integer", "minimum": 1}
+        description = "Wait until the read model holds this log position (read your writes)"
+        params += [
+            {
+                "name": MIN_POSITION_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": position,
+                "description": description,
+            },
+            {
+                "name": MIN_POSITION_PARAM,
+                "in": "query",
+                "required": False,
+                "schema": position,
+                "description": description,
+            },
+        ]
     op: dict[str, Any] = {
         "operationId": route.handler.__name__,
         "summary": route.summary,
@@ -64,10 +84,11 @@ def _operation(route: Route, refs: dict[type, Any], schemas: dict[str, Any]) -> 
             "content": {"application/json": {"schema": refs[route.body]}},
         }
     if route.response is not None:
-        op["responses"][str(route.status)] = {
-            "description": route.summary,
-            "content": {"application/json": {"schema": refs[route.response]}},
-        }
+        for status in (route.status, *route.also):
+            op["responses"][str(status)] = {
+                "description": route.summary if status < 300 else _STATUS_TEXT[status],
+                "content": {"application/json": {"schema": refs[route.response]}},
+            }
     for status in route.errors:
         op["responses"][str(status)] = {
             "description": _STATUS_TEXT.get(status, "Error"),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from infra.http import handlers as h
+from infra.http import reads as r
 from infra.http import schemas as s
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -28,9 +29,52 @@ class Route:
     errors: tuple[int, ...] = READ_ERRORS
     public: bool = False
     headers: tuple[str, ...] = ()
+    # Statuses answered with the response schema rather than problem+json.
+    also: tuple[int, ...] = ()
+    # Answered from a read model: accepts Carnet-Min-Position / min_position.
+    read_model: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/establishments",
+        r.list_establishments,
+        "Establishments, optionally in one city",
+        "directory",
+        s.EstablishmentList,
+        query=s.EstablishmentsQuery,
+        read_model=True,
+    ),
+    Route(
+        "GET",
+        "/practitioners",
+        r.list_practitioners,
+        "Practitioners by specialty and city",
+        "directory",
+        s.PractitionerList,
+        query=s.PractitionersQuery,
+        read_model=True,
+    ),
+    Route(
+        "GET",
+        "/availability",
+        r.search,
+        "Free slots by specialty, city and date range (at most 31 days)",
+        "booking",
+        s.SearchOut,
+        query=s.SearchQuery,
+        read_model=True,
+    ),
+    Route(
+        "GET",
+        "/patients/{patient_id}/appointments",
+        r.patient_appointments,
+        "A patient's appointments, with practitioner, address and status",
+        "patients",
+        s.PatientAppointmentsOut,
+        read_model=True,
+    ),
     Route(
         "POST",
         "/establishments",
@@ -45,10 +89,11 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/establishments/{establishment_id}",
-        h.get_establishment,
+        r.get_establishment,
         "Get an establishment",
         "directory",
         s.EstablishmentOut,
+        read_model=True,
     ),
     Route(
         "POST",
@@ -64,10 +109,11 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/practitioners/{practitioner_id}",
-        h.get_practitioner,
+        r.get_practitioner,
         "Get a practitioner with motives and opening hours",
         "directory",
         s.PractitionerOut,
+        read_model=True,
     ),
     Route(
         "POST",
@@ -105,20 +151,22 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
         "/practitioners/{practitioner_id}/availability",
-        h.availability,
+        r.availability,
         "Free slots for a motive over a date range (at most 31 days)",
         "booking",
         s.AvailabilityOut,
         query=s.AvailabilityQuery,
+        read_model=True,
     ),
     Route(
         "GET",
         "/practitioners/{practitioner_id}/agenda",
-        h.agenda,
+        r.agenda,
         "A practitioner's appointments on one local date",
         "booking",
         s.AgendaOut,
         query=s.AgendaQuery,
+        read_model=True,
     ),
     Route(
         "POST",
@@ -230,7 +278,8 @@ ROUTES: tuple[Route, ...] = (
         "operations",
         s.Health,
         public=True,
-        errors=(503,),
+        errors=(),
+        also=(503,),
     ),
 )
 

@@ -118,6 +118,26 @@ class AgendaQuery(Strict):
     date: date
 
 
+SearchText = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class EstablishmentsQuery(Strict):
+    city: SearchText | None = None
+
+
+class PractitionersQuery(Strict):
+    specialty: SearchText | None = None
+    city: SearchText | None = None
+
+
+class SearchQuery(Strict):
+    from_: date = msgspec.field(name="from")
+    to: date
+    specialty: SearchText | None = None
+    city: SearchText | None = None
+    motive_id: Slug | None = None
+
+
 # -- responses ------------------------------------------------------------
 
 
@@ -206,10 +226,68 @@ class AvailabilityOut(Out):
     slots: list[SlotOut]
 
 
+class AgendaEntryOut(Out):
+    id: UUID
+    start: datetime
+    end: datetime
+    motive_id: str
+    motive_name: str | None
+    patient_id: UUID
+    patient_name: str | None
+    status: str
+    source: str
+    replaces: UUID | None = None
+    replaced_by: UUID | None = None
+
+
 class AgendaOut(Out):
     practitioner_id: UUID
     date: date
-    appointments: list[AppointmentOut]
+    appointments: list[AgendaEntryOut]
+
+
+class EstablishmentList(Out):
+    establishments: list[EstablishmentOut]
+
+
+class PractitionerList(Out):
+    practitioners: list[PractitionerOut]
+
+
+class OfferOut(Out):
+    practitioner_id: UUID
+    name: str
+    specialty: str
+    establishment_id: UUID
+    city: str | None
+    motive_id: str
+    slots: list[SlotOut]
+
+
+class SearchOut(Out):
+    offers: list[OfferOut]
+
+
+class PatientAppointmentOut(Out):
+    id: UUID
+    practitioner_id: UUID
+    practitioner_name: str | None
+    specialty: str | None
+    establishment_id: UUID
+    establishment_name: str | None
+    address: str | None
+    city: str | None
+    motive_id: str
+    start: datetime
+    end: datetime
+    status: str
+    replaces: UUID | None = None
+    replaced_by: UUID | None = None
+
+
+class PatientAppointmentsOut(Out):
+    patient_id: UUID
+    appointments: list[PatientAppointmentOut]
 
 
 class TokenOut(Out):

@@ -17,6 +17,8 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://carnet.dev/problems/"
 MAX_BODY = 64 * 1024
 POSITION_HEADER = "Carnet-Position"
+MIN_POSITION_HEADER = "Carnet-Min-Position"
+MIN_POSITION_PARAM = "min_position"
 
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type, msgspec.json.Decoder[Any]] = {}
@@ -124,6 +126,8 @@ async def read_body(request: web.Request, cls: type[T]) -> T:
 def read_query(request: web.Request, cls: type[T]) -> T:
     params: dict[str, str] = {}
     for key in request.query:
+        if key == MIN_POSITION_PARAM:
+            continue  # read-your-writes, handled by `consistent`
         values = request.query.getall(key)
         if len(values) != 1:
             raise HTTPProblem(400, "invalid-input", "Give each parameter once", field=key)

@@ -4,6 +4,7 @@ from uuid import uuid4
 
 import pytest
 
+from domain.agenda import AgendaDay
 from domain.directory import Establishment, Patient, Practitioner
 from domain.errors import Forbidden, IdempotencyKeyReused, NotFound, SlotTaken, TooLate
 from domain.values import Motive, OpeningHours, Sex, Status
@@ -123,13 +124,13 @@ async def test_patients_are_held_to_the_cancellation_window_but_practitioners_ar
 
 
 async def test_rescheduling_leaves_exactly_one_booked_appointment(setup):
-    service, _, _, p, ann, _, doctor = setup
+    service, repo, _, p, ann, _, _ = setup
     old = await service.book(ann, META, practitioner_id=p.id, motive_id="consultation", start=NINE)
     new = await service.reschedule(ann, META, old.appointment.id, NINE + timedelta(days=1))
-    agenda_old = await service.agenda(doctor, p.id, date(2026, 12, 2))
-    agenda_new = await service.agenda(doctor, p.id, date(2026, 12, 3))
-    assert agenda_old == []
-    assert [a.id for a in agenda_new] == [new.appointment.id]
+    day_old = await repo.get(AgendaDay, AgendaDay.create_id(p.id, date(2026, 12, 2)))
+    day_new = await repo.get(AgendaDay, AgendaDay.create_id(p.id, date(2026, 12, 3)))
+    assert day_old is not None and day_old.bookings == {}
+    assert day_new is not None and list(day_new.bookings) == [new.appointment.id]
     assert (
         await service.get_appointment(ann, old.appointment.id)
     ).replaced_by == new.appointment.id

@@ -1,0 +1,175 @@
+"""Read routes: answered from read models, after an optional read-your-writes wait."""
+
+from aiohttp import web
+
+from infra.http import schemas as s
+from infra.http.convert import establishment_out, practitioner_out
+from infra.http.keys import SERVICES, actor_of
+from infra.http.wire import (
+    MIN_POSITION_HEADER,
+    MIN_POSITION_PARAM,
+    HTTPProblem,
+    path_id,
+    read_query,
+    reply,
+)
+from infra.readmodels import NotCaughtUp
+from services.queries import Offer, QueryService
+
+
+async def consistent(request: web.Request, *projections: str) -> QueryService:
+    """Wait until the read models hold the client's last write, if it named one."""
+    raw = request.headers.get(MIN_POSITION_HEADER) or request.query.get(MIN_POSITION_PARAM)
+    services = request.app[SERVICES]
+    if raw is not None:
+        if not raw.isdigit() or len(raw) > 18:
+            field = (
+                MIN_POSITION_HEADER
+                if MIN_POSITION_HEADER in request.headers
+                else (MIN_POSITION_PARAM)
+            )
+            raise HTTPProblem(400, "invalid-input", "a log position (digits)", field=field)
+        try:
+            await services.read.wait_for(int(raw), projections)
+        except NotCaughtUp as e:
+            raise HTTPProblem(
+                503,
+                "not-caught-up",
+                "The read model has not caught up yet",
+                str(e),
+                MIN_POSITION_HEADER,
+                {"Retry-After": "1"},
+            ) from None
+    return services.queries
+
+
+async def get_establishment(request: web.Request) -> web.Response:
+    establishment_id = path_id(request, "establishment_id", "establishment")
+    queries = await consistent(request, "directory")
+    return reply(
+        establishment_out(await queries.establishment(actor_of(request), establishment_id))
+    )
+
+
+async def list_establishments(request: web.Request) -> web.Response:
+    query = read_query(request, s.EstablishmentsQuery)
+    queries = await consistent(request, "directory")
+    found = await queries.establishments(actor_of(request), query.city)
+    return reply(s.EstablishmentList(establishments=[establishment_out(e) for e in found]))
+
+
+async def get_practitioner(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    queries = await consistent(request, "directory")
+    return reply(practitioner_out(await queries.practitioner(actor_of(request), practitioner_id)))
+
+
+async def list_practitioners(request: web.Request) -> web.Response:
+    query = read_query(request, s.PractitionersQuery)
+    queries = await consistent(request, "directory")
+    found = await queries.practitioners(actor_of(request), query.specialty, query.city)
+    return reply(s.PractitionerList(practitioners=[practitioner_out(p) for p in found]))
+
+
+def _offer(offer: Offer) -> s.OfferOut:
+    p = offer.practitioner
+    return s.OfferOut(
+        practitioner_id=p.id,
+        name=p.name,
+        specialty=p.specialty,
+        establishment_id=p.establishment_id,
+        city=p.city,
+        motive_id=offer.motive.id,
+        slots=[s.SlotOut(start=i.start, end=i.end) for i in offer.slots],
+    )
+
+
+async def availability(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    query = read_query(request, s.AvailabilityQuery)
+    queries = await consistent(request, "availability")
+    offers = await queries.offers(
+        actor_of(request),
+        query.from_,
+        query.to,
+        practitioner_id=practitioner_id,
+        motive_id=query.motive_id,
+    )
+    # No offer: the motive exists but this actor may not book it online.
+    slots = [s.SlotOut(start=i.start, end=i.end) for o in offers for i in o.slots]
+    return reply(
+        s.AvailabilityOut(practitioner_id=practitioner_id, motive_id=query.motive_id, slots=slots)
+    )
+
+
+async def search(request: web.Request) -> web.Response:
+    query = read_query(request, s.SearchQuery)
+    queries = await consistent(request, "availability")
+    offers = await queries.offers(
+        actor_of(request),
+        query.from_,
+        query.to,
+        specialty=query.specialty,
+        city=query.city,
+        motive_id=query.motive_id,
+    )
+    return reply(s.SearchOut(offers=[_offer(o) for o in offers]))
+
+
+async def agenda(request: web.Request) -> web.Response:
+    practitioner_id = path_id(request, "practitioner_id", "practitioner")
+    query = read_query(request, s.AgendaQuery)
+    queries = await consistent(request, "agenda")
+    entries = await queries.agenda(actor_of(request), practitioner_id, query.date)
+    return reply(
+        s.AgendaOut(
+            practitioner_id=practitioner_id,
+            date=query.date,
+            appointments=[
+                s.AgendaEntryOut(
+                    id=e.appointment_id,
+                    start=e.start,
+                    end=e.end,
+                    motive_id=e.motive_id,
+                    motive_name=e.motive_name,
+                    patient_id=e.patient_id,
+                    patient_name=e.patient_name,
+                    status=e.status,
+                    source=e.source,
+                    replaces=e.replaces,
+                    replaced_by=e.replaced_by,
+                )
+                for e in entries
+            ],
+        )
+    )
+
+
+async def patient_appointments(request: web.Request) -> web.Response:
+    patient_id = path_id(request, "patient_id", "patient")
+    queries = await consistent(request, "patient_view")
+    found = await queries.patient_appointments(actor_of(request), patient_id)
+    return reply(
+        s.PatientAppointmentsOut(
+            patient_id=patient_id,
+            appointments=[
+                s.PatientAppointmentOut(
+                    id=a.appointment_id,
+                    practitioner_id=a.practitioner_id,
+                    practitioner_name=a.practitioner_name,
+                    specialty=a.specialty,
+                    establishment_id=a.establishment_id,
+                    establishment_name=a.establishment_name,
+                    address=a.address,
+                    city=a.city,
+                    motive_id=a.motive_id,
+                    start=a.start,
+                    end=a.end,
+                    status=a.status,
+                    replaces=a.replaces,
+                    replaced_by=a.replaced_by,
+                )
+                for a in found
+            ],
+        )
+    )

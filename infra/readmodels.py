@@ -1,0 +1,158 @@
+"""The ReadModels port on the projections' tables, and read-your-writes waits."""
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import date
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
+from infra.eventstore import Checkpoint, EventStore
+from infra.projector import CHECKPOINTS
+from projections import READ_SCHEMA
+from services.ports import AgendaEntry, EstablishmentRow, PatientAppointment, PractitionerRow
+
+
+class NotCaughtUp(Exception):
+    """The read model has not reached the position the client asked for in time."""
+
+
+def _table(model: str, name: str) -> str:
+    return f"{READ_SCHEMA}.{model}_{name}"
+
+
+_motives = msgspec.json.Decoder(tuple[Motive, ...])
+_hours = msgspec.json.Decoder(tuple[OpeningHours, ...])
+_absences = msgspec.json.Decoder(tuple[Absence, ...])
+_policy = msgspec.json.Decoder(BookingPolicy)
+
+
+def _practitioner(r: asyncpg.Record) -> PractitionerRow:
+    return PractitionerRow(
+        id=r["id"],
+        name=r["name"],
+        specialty=r["specialty"],
+        establishment_id=r["establishment_id"],
+        city=r["city"],
+        timezone=r["timezone"],
+        motives=_motives.decode(r["motives"]),
+        hours=_hours.decode(r["hours"]),
+        absences=_absences.decode(r["absences"]),
+        policy=_policy.decode(r["policy"]),
+    )
+
+
+class PostgresReadModels:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.store = EventStore(pool)
+
+    async def wait_for(
+        self, position: int, projections: Sequence[str], within: float = 5.0
+    ) -> None:
+        """Return once every named projection has applied the event at `position`."""
+        target = await self.store.checkpoint_of(position)
+        if target is None:
+            return  # no such event: nothing to wait for
+        deadline = time.monotonic() + within
+        delay = 0.002
+        while True:
+            rows = await self.pool.fetch(
+                f"SELECT tx, position FROM {CHECKPOINTS} WHERE name = ANY($1::text[])",
+                list(projections),
+            )
+            reached = [Checkpoint(int(r[0]), int(r[1])) >= target for r in rows]
+            if len(reached) == len(projections) and all(reached):
+                return
+            if time.monotonic() > deadline:
+                raise NotCaughtUp(f"read model behind position {position}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def establishment(self, establishment_id: UUID) -> EstablishmentRow | None:
+        row = await self.pool.fetchrow(
+            f"SELECT * FROM {_table('directory', 'establishments')} WHERE id = $1",
+            establishment_id,
+        )
+        return EstablishmentRow(**dict(row)) if row else None
+
+    async def establishments(self, city: str | None, limit: int) -> list[EstablishmentRow]:
+        rows = await self.pool.fetch(
+            f"SELECT * FROM {_table('directory', 'establishments')} "
+            "WHERE $1::text IS NULL OR lower(city) = lower($1) ORDER BY name, id LIMIT $2",
+            city,
+            limit,
+        )
+        return [EstablishmentRow(**dict(r)) for r in rows]
+
+    async def practitioners(
+        self,
+        model: str,
+        *,
+        ids: Sequence[UUID] | None = None,
+        specialty: str | None = None,
+        city: str | None = None,
+        limit: int = 50,
+    ) -> list[PractitionerRow]:
+        if model not in ("directory", "availability"):
+            raise ValueError(model)
+        rows = await self.pool.fetch(
+            f"""SELECT * FROM {_table(model, "practitioners")}
+            WHERE ($1::uuid[] IS NULL OR id = ANY($1))
+              AND ($2::text IS NULL OR specialty = lower($2))
+              AND ($3::text IS NULL OR lower(city) = lower($3))
+            ORDER BY name, id LIMIT $4""",
+            list(ids) if ids is not None else None,
+            specialty,
+            city,
+            limit,
+        )
+        return [_practitioner(r) for r in rows]
+
+    async def booked(
+        self, practitioner_ids: Sequence[UUID], first: date, last: date
+    ) -> dict[UUID, list[Interval]]:
+        rows = await self.pool.fetch(
+            f"""SELECT practitioner_id, start_at, end_at FROM {_table("availability", "bookings")}
+            WHERE practitioner_id = ANY($1::uuid[]) AND day BETWEEN $2 AND $3""",
+            list(practitioner_ids),
+            first,
+            last,
+        )
+        booked: dict[UUID, list[Interval]] = {}
+        for r in rows:
+            booked.setdefault(r[0], []).append(Interval(r[1], r[2]))
+        return booked
+
+    async def agenda(
+        self, practitioner_id: UUID, day: date
+    ) -> tuple[UUID, list[AgendaEntry]] | None:
+        owner = await self.pool.fetchval(
+            f"SELECT establishment_id FROM {_table('agenda', 'practitioners')} WHERE id = $1",
+            practitioner_id,
+        )
+        if owner is None:
+            return None
+        rows = await self.pool.fetch(
+            f"""SELECT id, start_at, end_at, motive_id, motive_name, patient_id, patient_name,
+                status, source, replaces, replaced_by
+            FROM {_table("agenda", "appointments")}
+            WHERE practitioner_id = $1 AND day = $2 ORDER BY start_at, id""",
+            practitioner_id,
+            day,
+        )
+        return owner, [AgendaEntry(*r) for r in rows]
+
+    async def patient_appointments(self, patient_id: UUID) -> list[PatientAppointment]:
+        rows = await self.pool.fetch(
+            f"""SELECT id, practitioner_id, practitioner_name, specialty, establishment_id,
+                establishment_name, address, city, motive_id, start_at, end_at, status,
+                replaces, replaced_by
+            FROM {_table("patient_view", "appointments")}
+            WHERE patient_id = $1 ORDER BY start_at, id""",
+            patient_id,
+        )
+        return [PatientAppointment(*r) for r in rows]

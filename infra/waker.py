@@ -1,0 +1,46 @@
+"""LISTEN for commits to the log and wake whoever tails it: no polling floor."""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger("carnet.waker")
+
+CHANNEL = "carnet_events"
+
+
+class Waker:
+    def __init__(self) -> None:
+        self._events: list[asyncio.Event] = []
+
+    def event(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._events.append(event)
+        return event
+
+    def wake_all(self, *_: Any) -> None:
+        for event in self._events:
+            event.set()
+
+    async def listen(self, pool: asyncpg.Pool, retry: float = 1.0) -> None:
+        """Hold one connection LISTENing until cancelled; reconnect if it drops."""
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    closed = asyncio.Event()
+                    conn.add_termination_listener(lambda _, closed=closed: closed.set())
+                    await conn.add_listener(CHANNEL, self.wake_all)
+                    self.wake_all()  # anything committed while we were not listening
+                    try:
+                        await closed.wait()
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await conn.remove_listener(CHANNEL, self.wake_all)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("LISTEN connection lost (%s); reconnecting", e)
+                await asyncio.sleep(retry)

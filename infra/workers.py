@@ -1,0 +1,47 @@
+"""The background half of a Carnet process: the LISTEN waker, the projection
+runners and the NATS relay, started together and cancelled together."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from infra.natslink import NatsLink
+from infra.projector import Projector
+from infra.relay import Relay, StreamNames
+from infra.waker import Waker
+from projections import all_projections
+
+
+@contextlib.asynccontextmanager
+async def background(
+    pool: asyncpg.Pool,
+    nats: NatsLink | None,
+    names: StreamNames | None = None,
+    projections: bool = True,
+) -> AsyncIterator[list[asyncio.Task[None]]]:
+    waker = Waker()
+    tasks: list[asyncio.Task[None]] = []
+    if projections:
+        runners = [Projector(pool, p) for p in all_projections()]
+        for runner in runners:
+            await runner.ensure()
+        tasks += [asyncio.create_task(r.run(waker.event())) for r in runners]
+    if nats is not None:
+        tasks.append(asyncio.create_task(_relay(pool, nats, names, waker.event())))
+    tasks.append(asyncio.create_task(waker.listen(pool)))
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _relay(
+    pool: asyncpg.Pool, nats: NatsLink, names: StreamNames | None, wake: asyncio.Event
+) -> None:
+    await nats.connected.wait()
+    assert nats.nc is not None
+    await Relay(pool, nats.nc, names).run(wake)
