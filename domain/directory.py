@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.calendar import local_day, opening_intervals
+from domain.calendar import local_day, opening_intervals, require_aware
 from domain.errors import (
     BeyondHorizon,
     DuringAbsence,
@@ -123,9 +123,11 @@ class Practitioner(Aggregate):
         self.hours = hours
 
     def add_absence(self, absence: Absence) -> None:
-        if absence.end <= absence.start:
+        start = require_aware(absence.start, "start")
+        end = require_aware(absence.end, "end")
+        if end <= start:
             raise InvalidValue("end must be after start", field="end")
-        self._absence_added(absence)
+        self._absence_added(Absence(start, end, absence.reason))
 
     @event("AbsenceAdded")
     def _absence_added(self, absence: Absence) -> None:

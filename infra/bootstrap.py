@@ -91,10 +91,26 @@ async def ensure_database(server_url: str, name: str) -> str:
     return with_database(server_url, name)
 
 
+async def release_connection(conn: asyncpg.Connection) -> None:
+    """What a connection needs on its way back to the pool, and no more.
+
+    asyncpg's default reset (UNLISTEN, RESET ALL, unlock advisory locks…) is a
+    round trip on every release; Carnet sets no session state, takes only
+    transaction-scoped locks and removes its listeners itself, so only an
+    abandoned transaction needs undoing.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
     settings = settings or Settings()
     pool = await asyncpg.create_pool(
-        url, min_size=settings.pool_min, max_size=settings.pool_max, command_timeout=30
+        url,
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        command_timeout=30,
+        reset=release_connection,
     )
     async with pool.acquire() as conn:
         await apply_schema(conn)

@@ -5,6 +5,7 @@ the unique (originator_id, originator_version) constraint.
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,15 +21,20 @@ from infra.pgerrors import database_unavailable
 from infra.schema import SCHEMA
 from services.ports import Idempotency, IdempotentResult, Metadata, Unavailable, VersionConflict
 
-_INSERT = f"""
-INSERT INTO {SCHEMA}.events (originator_id, originator_version, topic, state, metadata)
-SELECT u.id, u.version, u.topic, u.state, $5::jsonb
-FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bytea[]) AS u(id, version, topic, state)
-RETURNING position
-"""
-_INSERT_KEY = f"""
-INSERT INTO {SCHEMA}.idempotency_keys (scope, key, request_hash, result, position)
-VALUES ($1, $2, $3, $4, $5)
+# One statement, so one round trip and an implicit transaction: the events
+# and, when there is one, the Idempotency-Key claim commit together.
+_APPEND = f"""
+WITH appended AS (
+    INSERT INTO {SCHEMA}.events (originator_id, originator_version, topic, state, metadata)
+    SELECT u.id, u.version, u.topic, u.state, $5::jsonb
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bytea[]) AS u(id, version, topic, state)
+    RETURNING position
+), claimed AS (
+    INSERT INTO {SCHEMA}.idempotency_keys (scope, key, request_hash, result, position)
+    SELECT $6, $7, $8, $9, last FROM (SELECT max(position) AS last FROM appended) a
+    WHERE $6::text IS NOT NULL
+)
+SELECT max(position) FROM appended
 """
 # Only rows of transactions that can no longer commit "behind" us are visible:
 # everything below the snapshot's xmin has either committed or rolled back.
@@ -69,11 +75,45 @@ class RecordedEvent:
 
 
 _meta_encoder = msgspec.json.Encoder()
+log = logging.getLogger("carnet.eventstore")
+CHANNEL = "carnet_events"
+
+
+class Notifier:
+    """NOTIFY the log's listeners after commits, at most one NOTIFY in flight.
+
+    Appends that commit while a NOTIFY is on its way are covered by one more
+    NOTIFY right after it, so a burst of writes costs a few notifications,
+    not one each, and no append waits for them.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._sending: asyncio.Task[None] | None = None
+        self._again = False
+
+    def poke(self) -> None:
+        if self._sending is not None and not self._sending.done():
+            self._again = True
+            return
+        self._sending = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.pool.execute("SELECT pg_notify($1, '')", CHANNEL)
+            except Exception as e:  # listeners fall back to polling; never fail a write
+                log.debug("NOTIFY failed: %s", e)
+                return
+            if not self._again:
+                return
 
 
 class EventStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.notifier = Notifier(pool)
 
     async def append(
         self,
@@ -81,10 +121,10 @@ class EventStore:
         meta: Metadata,
         idempotency: Idempotency | None = None,
     ) -> int:
-        """Insert all events in one transaction; return the last position."""
+        """Insert all events atomically; return the last position."""
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                return await self.append_on(conn, events, meta, idempotency)
+            async with self.pool.acquire() as conn:
+                position = await self.append_on(conn, events, meta, idempotency)
         except asyncpg.UniqueViolationError as e:
             VERSION_CONFLICTS.inc()
             raise VersionConflict(str(e)) from None
@@ -92,6 +132,8 @@ class EventStore:
             if database_unavailable(e):
                 raise Unavailable(str(e)) from e
             raise
+        self.notifier.poke()
+        return position
 
     @staticmethod
     async def append_on(
@@ -100,29 +142,25 @@ class EventStore:
         meta: Metadata,
         idempotency: Idempotency | None = None,
     ) -> int:
-        """Insert on a connection whose transaction the caller controls."""
+        """Insert on a given connection (in the caller's transaction, if it has one)."""
         if not events:
             raise ValueError("nothing to append")
-        rows = await conn.fetch(
-            _INSERT,
+        claim = (
+            (idempotency.scope, idempotency.key, idempotency.request_hash, idempotency.result)
+            if idempotency is not None
+            else (None, None, None, None)
+        )
+        position = await conn.fetchval(
+            _APPEND,
             [e.originator_id for e in events],
             [e.originator_version for e in events],
             [e.topic for e in events],
             [e.state for e in events],
             _meta_encoder.encode(meta).decode(),
+            *claim,
         )
-        position = int(rows[-1]["position"])
-        if idempotency is not None:
-            await conn.execute(
-                _INSERT_KEY,
-                idempotency.scope,
-                idempotency.key,
-                idempotency.request_hash,
-                idempotency.result,
-                position,
-            )
         EVENTS_APPENDED.inc(len(events))
-        return position
+        return int(position)
 
     async def read_aggregate(self, originator_id: UUID) -> list[StoredEvent]:
         try:

@@ -74,6 +74,7 @@ decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
 @dataclass(frozen=True)
 class StreamNames:
     stream: str = "CARNET"
+    duplicate_window: float = 120.0  # seconds; JetStream's default
 
     @property
     def prefix(self) -> str:
@@ -92,7 +93,11 @@ async def ensure_stream(js: JetStreamContext, names: StreamNames) -> None:
     try:
         await js.stream_info(names.stream)
     except Exception:
-        await js.add_stream(name=names.stream, subjects=[names.all_subjects])
+        await js.add_stream(
+            name=names.stream,
+            subjects=[names.all_subjects],
+            duplicate_window=names.duplicate_window,
+        )
 
 
 async def last_in_stream(js: JetStreamContext, names: StreamNames) -> Checkpoint | None:
@@ -111,9 +116,11 @@ class Relay:
         nc: NATS,
         names: StreamNames | None = None,
         batch_size: int = 500,
+        ack_timeout: float = 10.0,
     ) -> None:
         self.pool = pool
         self.nc = nc
+        self.ack_timeout = ack_timeout
         self.js = nc.jetstream()
         self.names = names or StreamNames()
         self.store = EventStore(pool)
@@ -157,7 +164,8 @@ class Relay:
             )
             for e in events
         ]
-        await asyncio.gather(*acks)
+        # An ack that never comes (NATS went away mid-batch) must not hang us.
+        await asyncio.wait_for(asyncio.gather(*acks), self.ack_timeout)
         checkpoint = events[-1].checkpoint
         await self._save(checkpoint)  # only after every PubAck
         RELAY_PUBLISHED.inc(len(events))

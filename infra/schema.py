@@ -40,15 +40,11 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.relay_checkpoints (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Wake tailing readers at commit; statement-level, so one NOTIFY per append.
-CREATE OR REPLACE FUNCTION {SCHEMA}.notify_events() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('carnet_events', '');
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER events_notify AFTER INSERT ON {SCHEMA}.events
-    FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.notify_events();
+-- No NOTIFY trigger: NOTIFY inside a transaction takes a cluster-wide lock
+-- at commit, serialising every append. Writers notify after commit instead
+-- (infra/eventstore.py, Notifier).
+DROP TRIGGER IF EXISTS events_notify ON {SCHEMA}.events;
+DROP FUNCTION IF EXISTS {SCHEMA}.notify_events();
 
 CREATE TABLE IF NOT EXISTS {SCHEMA}.tokens (
     token_hash bytea PRIMARY KEY,

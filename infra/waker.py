@@ -7,9 +7,9 @@ from typing import Any
 
 import asyncpg
 
-log = logging.getLogger("carnet.waker")
+from infra.eventstore import CHANNEL
 
-CHANNEL = "carnet_events"
+log = logging.getLogger("carnet.waker")
 
 
 class Waker:

@@ -33,10 +33,14 @@ class MotiveIn(Strict):
     online: bool = True
 
 
+# Opening hours are local wall-clock times in the establishment's zone: no offset.
+WallClock = Annotated[time, msgspec.Meta(tz=False)]
+
+
 class HoursIn(Strict):
     weekday: Weekday
-    start: time
-    end: time
+    start: WallClock
+    end: WallClock
 
 
 class PolicyIn(Strict):

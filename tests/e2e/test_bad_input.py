@@ -239,3 +239,14 @@ async def test_an_unknown_route_and_a_wrong_method_answer_problems(client, world
     wrong = await client.delete("/appointments", headers=world.auth("patient"))
     await problem(wrong, 405)
     assert "POST" in wrong.headers["Allow"]
+
+
+async def test_opening_hours_with_an_offset_are_refused_not_crashed_on(client, services, world):
+    before = await log_position(services)
+    response = await client.put(
+        f"/practitioners/{world.practitioner}/hours",
+        json={"hours": [{"weekday": 0, "start": "09:00:00Z", "end": "12:00:00"}]},
+        headers=world.auth("admin"),
+    )
+    await problem(response, 400, "hours[0].start")
+    assert await log_position(services) == before

@@ -1,0 +1,87 @@
+"""Run every benchmark and print one table: `make bench`, or `python -m tests.bench`.
+
+Each benchmark measures ours and its baseline in this same run, on this machine and this
+PostgreSQL server, in a database of its own that it drops afterwards. Uses the server named
+by CARNET_DATABASE_URL, or starts the embedded one. Goals are reported, never asserted.
+"""
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import platform
+import time
+from datetime import UTC, datetime
+
+from tests.bench.append import bench_append
+from tests.bench.common import QUICK, Config, Result, say, server_facts, server_url, table
+from tests.bench.http_bookings import bench_http
+from tests.bench.peer import bench_peer
+
+BENCHMARKS = ("append", "peer", "http")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument(
+        "--only", choices=BENCHMARKS, action="append", help="run only this benchmark (repeatable)"
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser.add_argument(
+        "--diagnose", action="store_true", help="always break the append rate down by step"
+    )
+    parser.add_argument(
+        "--profile-server", metavar="FILE", help="benchmark 3: cProfile the app server into FILE"
+    )
+    parser.add_argument(
+        "--http-workers", type=int, help="benchmark 3: server processes on one port (default 1)"
+    )
+    parser.add_argument("--concurrency", type=int, help="tasks/threads/clients (default 16)")
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else Config()
+    if args.diagnose:
+        cfg = dataclasses.replace(cfg, diagnose=True)
+    if args.profile_server:
+        cfg = dataclasses.replace(cfg, profile_server=os.path.abspath(args.profile_server))
+    if args.http_workers:
+        cfg = dataclasses.replace(cfg, http_workers=args.http_workers)
+    if args.concurrency:
+        cfg = dataclasses.replace(cfg, concurrency=args.concurrency)
+    return cfg, args.only or list(BENCHMARKS)
+
+
+async def run(server: str, cfg: Config, which: list[str]) -> list[Result]:
+    say(f"server: {await server_facts(server)}")
+    results: list[Result] = []
+    if "append" in which:
+        results.append(await bench_append(server, cfg))
+    if "peer" in which:
+        results.append(await bench_peer(server, cfg))
+    if "http" in which:
+        results += await bench_http(server, cfg)
+    return results
+
+
+def _load() -> str:
+    """Other work on this machine (other test runs, other tenants) skews every figure."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, which = parse_args(argv)
+    began = time.perf_counter()
+    where = "CARNET_DATABASE_URL" if os.environ.get("CARNET_DATABASE_URL") else "embedded"
+    say(
+        f"carnet benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()}, postgres: {where}, "
+        f"load average {_load()}"
+    )
+    with server_url() as server:
+        results = asyncio.run(run(server, cfg, which))
+    say(f"\nresults ({time.perf_counter() - began:.0f} s in all, load average now {_load()}):\n")
+    say(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""An HTTP server for benchmark 3, in its own process as in production.
+
+    python -m tests.bench.server carnet --database-url URL   # the real app, clock fixed at T0
+    python -m tests.bench.server hello                       # one hello-world handler
+
+It listens on 127.0.0.1 (a free port unless --port is given; SO_REUSEPORT, so several
+processes can share one port), prints `port N` on stdout, and serves until its standard
+input closes. With CARNET_BENCH_PROFILE=FILE it runs under cProfile and writes the stats to
+FILE (read them with `python -m pstats FILE`).
+"""
+
+import argparse
+import asyncio
+import cProfile
+import os
+import sys
+
+from aiohttp import web
+
+from infra.bootstrap import build_services, open_pool
+from infra.http.app import create_app
+from tests.conftest import T0, FakeClock
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.Response(text="Hello, world")
+
+
+async def serve(kind: str, database_url: str | None, port: int) -> None:
+    pool = None
+    if kind == "carnet":
+        if database_url is None:
+            raise SystemExit("carnet needs --database-url")
+        pool = await open_pool(database_url)
+        app = create_app(build_services(pool, clock=FakeClock(T0)))
+    else:
+        app = web.Application()
+        app.router.add_post("/hello", hello)
+    # As `carnet run` serves: no access log.
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=True)
+        await site.start()
+        print(f"port {runner.addresses[0][1]}", flush=True)
+        await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin
+    finally:
+        await runner.cleanup()
+        if pool is not None:
+            await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.server")
+    parser.add_argument("kind", choices=("carnet", "hello"))
+    parser.add_argument("--database-url")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    run = serve(args.kind, args.database_url, args.port)
+    profile_to = os.environ.get("CARNET_BENCH_PROFILE")
+    if not profile_to:
+        asyncio.run(run)
+        return
+    with cProfile.Profile() as profile:
+        asyncio.run(run)
+    profile.dump_stats(profile_to)
+
+
+if __name__ == "__main__":
+    main()
