@@ -12,11 +12,13 @@ import asyncpg
 from infra.eventstore import EventStore
 from infra.http.keys import Services
 from infra.natslink import NatsLink
+from infra.projector import Projector
 from infra.readmodels import PostgresReadModels
 from infra.repository import PostgresRepository
 from infra.schema import apply_schema
 from infra.settings import Settings
 from infra.tokens import PostgresTokenStore
+from projections import all_projections
 from services.booking import BookingService
 from services.common import SystemClock
 from services.directory import DirectoryService
@@ -114,6 +116,9 @@ async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
     )
     async with pool.acquire() as conn:
         await apply_schema(conn)
+    # Read models exist from the start, so reads answer (empty) rather than fail.
+    for projection in all_projections():
+        await Projector(pool, projection).ensure()
     return pool
 
 

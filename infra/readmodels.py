@@ -46,18 +46,19 @@ def _practitioner(r: asyncpg.Record) -> PractitionerRow:
 
 
 class PostgresReadModels:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_wait: float = 5.0) -> None:
         self.pool = pool
         self.store = EventStore(pool)
+        self.max_wait = max_wait  # how long a read-your-writes request may wait
 
     async def wait_for(
-        self, position: int, projections: Sequence[str], within: float = 5.0
+        self, position: int, projections: Sequence[str], within: float | None = None
     ) -> None:
         """Return once every named projection has applied the event at `position`."""
         target = await self.store.checkpoint_of(position)
         if target is None:
             return  # no such event: nothing to wait for
-        deadline = time.monotonic() + within
+        deadline = time.monotonic() + (self.max_wait if within is None else within)
         delay = 0.002
         while True:
             rows = await self.pool.fetch(

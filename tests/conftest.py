@@ -25,7 +25,6 @@ from infra.bootstrap import build_services, open_pool, with_database
 from infra.http.app import create_app
 from infra.http.keys import Services
 from infra.http.wire import MIN_POSITION_HEADER
-from infra.schema import apply_schema
 from infra.workers import background
 from tests.world import World, make_world
 
@@ -78,11 +77,8 @@ def template_db(servers: Servers) -> Iterator[str]:
             await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()
-        conn = await asyncpg.connect(with_database(servers.database_url, name))
-        try:
-            await apply_schema(conn)
-        finally:
-            await conn.close()
+        pool = await open_pool(with_database(servers.database_url, name))
+        await pool.close()
 
     async def drop_all() -> None:
         conn = await _admin(servers.database_url)
