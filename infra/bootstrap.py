@@ -21,6 +21,7 @@ from infra.tokens import PostgresTokenStore
 from projections import all_projections
 from services.booking import BookingService
 from services.common import SystemClock
+from services.credentials import CredentialService, scopes_of
 from services.directory import DirectoryService
 from services.ports import Clock
 from services.queries import QueryService
@@ -138,8 +139,9 @@ def build_services(
 
     return Services(
         booking=BookingService(repo, clock),
-        directory=DirectoryService(repo, clock, PostgresTokenStore(pool)),
-        queries=QueryService(read, clock),
+        directory=DirectoryService(repo, clock),
+        credentials=CredentialService(repo, clock, PostgresTokenStore(repo.store, repo.mapper)),
+        queries=QueryService(read, clock, lambda actor, pid: scopes_of(repo, actor, pid)),
         read=read,
         checks={"database": database, "nats": nats_check},
     )

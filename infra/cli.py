@@ -24,6 +24,7 @@ from infra.bootstrap import (
     start_servers,
 )
 from infra.http.app import create_app
+from infra.http.throttle import ThrottlePolicy
 from infra.nats_worker import NatsProjector
 from infra.natslink import NatsLink
 from infra.projector import Projector, statuses
@@ -34,6 +35,7 @@ from infra.waker import Waker
 from infra.workers import background
 from projections import all_projections
 from services.actors import Actor, ActorKind
+from services.ports import Metadata
 
 log = logging.getLogger("carnet")
 
@@ -93,7 +95,14 @@ async def _serve(settings: Settings, servers: Servers, args: argparse.Namespace)
         services = build_services(pool, nats=link)
         world = await seed(services, settings.data_dir / "demo.json")
         slot = await first_free_slot(services, world)
-        runner = web.AppRunner(create_app(services))
+        policy = ThrottlePolicy(
+            settings.rate_per_second,
+            settings.rate_burst,
+            settings.enumeration_misses,
+            settings.enumeration_window,
+            settings.suspend_on_enumeration,
+        )
+        runner = web.AppRunner(create_app(services, policy))
         await runner.setup()
         try:
             await web.TCPSite(runner, settings.http_host, settings.http_port).start()
@@ -106,8 +115,9 @@ async def _serve(settings: Settings, servers: Servers, args: argparse.Namespace)
 
 async def _issue(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
     async with database(settings, servers) as pool:
-        issued = await build_services(pool).directory.issue_token(
+        issued = await build_services(pool).credentials.issue_token(
             Actor(ActorKind.ADMIN, UUID(int=0)),
+            Metadata(actor_kind="admin", actor_id="cli", request_id="cli"),
             ActorKind(args.actor),
             UUID(args.actor_id) if args.actor_id else None,
             UUID(args.establishment_id) if args.establishment_id else None,

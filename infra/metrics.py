@@ -27,3 +27,22 @@ PROJECTION_RUNNING = Gauge(
     ["projection"],
 )
 RELAY_PUBLISHED = Counter("carnet_relay_published_total", "Events published to JetStream")
+LEDGER_ENTRIES = Counter("carnet_ledger_entries_total", "Access-ledger entries made durable")
+LEDGER_BATCH_SIZE = Histogram(
+    "carnet_ledger_batch_size",
+    "Access-ledger entries written by one group commit",
+    buckets=tuple(2**i for i in range(10)),  # 1, 2, 4 … 512
+)
+LEDGER_WRITE_SECONDS = Histogram(
+    "carnet_ledger_write_seconds",
+    "Time to make one access-ledger batch durable, retries included",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+LEDGER_FAILURES = Counter(
+    "carnet_ledger_failures_total",
+    "Access-ledger batches that could not be written (every waiting request refused)",
+)
+THROTTLED = Counter("carnet_throttled_total", "Requests answered 429", ["reason"])
+ENUMERATION_SUSPECTED = Counter(
+    "carnet_enumeration_suspected_total", "Bursts of not-found or denied look-ups by one token"
+)

@@ -46,15 +46,18 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.relay_checkpoints (
 DROP TRIGGER IF EXISTS events_notify ON {SCHEMA}.events;
 DROP FUNCTION IF EXISTS {SCHEMA}.notify_events();
 
+-- The token index: tokens are aggregates in the log; this table is kept in the
+-- same transaction as their events, so a revocation holds from the next request.
 CREATE TABLE IF NOT EXISTS {SCHEMA}.tokens (
     token_hash bytea PRIMARY KEY,
     token_id uuid NOT NULL UNIQUE,
     actor_kind text NOT NULL,
     actor_id uuid NOT NULL,
     establishment_id uuid,
-    label text NOT NULL DEFAULT '',
-    created_at timestamptz NOT NULL DEFAULT now(),
-    revoked_at timestamptz
+    display_name text NOT NULL DEFAULT '',
+    state text NOT NULL DEFAULT 'active',
+    expires_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now()
 );
 """
 

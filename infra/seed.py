@@ -102,18 +102,21 @@ async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
             phone=phone,
         )
         patients.append(str(made.id))
-    admin = await directory.issue_token(root, ActorKind.ADMIN, label="demo admin")
+    admin = await services.credentials.issue_token(root, meta, ActorKind.ADMIN, label="demo admin")
     tokens = {"admin": admin.secret}
-    issue = {
-        ActorKind.PATIENT: {"actor_id": UUID(patients[0])},
-        ActorKind.PRACTITIONER: {"actor_id": UUID(practitioners[0])},
-        ActorKind.STAFF: {"establishment_id": saved.id},
-        ActorKind.INTEGRATION: {},
-        ActorKind.ANALYST: {},
-        ActorKind.OPERATOR: {},
-    }
-    for kind, args in issue.items():
-        issued = await directory.issue_token(root, kind, label=f"demo {kind.value}", **args)
+    establishment = saved.id
+    issue: list[tuple[ActorKind, UUID | None, UUID | None, str]] = [
+        (ActorKind.PATIENT, UUID(patients[0]), None, "demo patient"),
+        (ActorKind.PRACTITIONER, UUID(practitioners[0]), None, "demo practitioner"),
+        (ActorKind.STAFF, None, establishment, "demo staff"),
+        (ActorKind.INTEGRATION, None, None, "MediSoft Agenda (demo)"),
+        (ActorKind.ANALYST, None, None, "demo analyst"),
+        (ActorKind.OPERATOR, None, None, "demo operator"),
+    ]
+    for kind, actor_id, place, label in issue:
+        issued = await services.credentials.issue_token(
+            root, meta, kind, actor_id, place, label=label
+        )
         tokens[kind.value] = issued.secret
     world = {
         "establishment": str(saved.id),

@@ -18,6 +18,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pool_min: Annotated[int, msgspec.Meta(ge=1, le=200)] = 2
     pool_max: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
     stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9_]{0,31}$")] = "CARNET"
+    # Per-token rate limit, and the enumeration defence (infra/http/throttle.py).
+    rate_per_second: Annotated[float, msgspec.Meta(gt=0)] = 50.0
+    rate_burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+    enumeration_misses: Annotated[int, msgspec.Meta(ge=1)] = 20
+    enumeration_window: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    suspend_on_enumeration: bool = True
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

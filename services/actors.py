@@ -23,6 +23,7 @@ class Actor:
     id: UUID
     establishment_id: UUID | None = None  # staff only
     token_id: UUID | None = None
+    display_name: str = ""  # how a patient would recognise who touched their data
 
     @property
     def source(self) -> Source:

@@ -14,7 +14,8 @@ from domain.errors import Forbidden, IdempotencyKeyReused, InvalidValue, NotFoun
 from domain.values import Interval, Source
 from services.actors import Actor, ActorKind
 from services.common import get_or_404, require, retrying
-from services.policy import Action, Kind, Resource, allowed
+from services.credentials import scopes_of
+from services.policy import Action, Kind, Resource, allowed, decide
 from services.ports import Clock, Idempotency, Metadata, Repository
 
 MAX_AVAILABILITY_DAYS = 31
@@ -51,15 +52,26 @@ class BookingService:
         found = await self.repo.get(AgendaDay, AgendaDay.create_id(practitioner.id, day))
         return found or AgendaDay(practitioner_id=practitioner.id, day=day)
 
-    async def get_appointment(self, actor: Actor, appointment_id: UUID) -> Appointment:
+    async def read_appointment(
+        self, actor: Actor, appointment_id: UUID
+    ) -> tuple[Appointment, frozenset[str]]:
+        """The appointment and the fields this actor must not see, or NotFound."""
         appointment = await self.repo.get(Appointment, appointment_id)
-        if appointment is None or not allowed(actor, Action.READ, _resource(appointment)):
+        if appointment is None:
             raise_not_found()
-        return appointment
+        scopes = await scopes_of(self.repo, actor, appointment.practitioner_id)
+        decision = decide(actor, Action.READ, _resource(appointment), scopes)
+        if not decision.allowed:
+            raise_not_found()
+        return appointment, decision.hidden
+
+    async def get_appointment(self, actor: Actor, appointment_id: UUID) -> Appointment:
+        return (await self.read_appointment(actor, appointment_id))[0]
 
     async def _visible(self, actor: Actor, appointment_id: UUID, action: Action) -> Appointment:
         appointment = await self.get_appointment(actor, appointment_id)
-        if not allowed(actor, action, _resource(appointment)):
+        scopes = await scopes_of(self.repo, actor, appointment.practitioner_id)
+        if not allowed(actor, action, _resource(appointment), scopes):
             raise Forbidden(f"{actor.kind.value}s cannot {action.value} appointments")
         return appointment
 
@@ -107,7 +119,8 @@ class BookingService:
             resource = Resource(
                 Kind.APPOINTMENT, patient_id, practitioner.id, practitioner.establishment_id
             )
-            require(actor, Action.BOOK, resource, "patient_id")
+            scopes = await scopes_of(self.repo, actor, practitioner.id)
+            require(actor, Action.BOOK, resource, "patient_id", scopes=scopes)
             await get_or_404(self.repo, Patient, patient_id, "patient_id")
             motive = practitioner.motive(motive_id)
             slot_end = end or start + timedelta(minutes=motive.duration_minutes)

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from domain.errors import Conflict, NotFound
 from services.actors import Actor
-from services.policy import Action, Resource, allowed
+from services.policy import Action, Decision, Resource, decide
 from services.ports import A, Repository, VersionConflict
 
 T = TypeVar("T")
@@ -46,8 +46,15 @@ async def get_or_404(repo: Repository, cls: type[A], aggregate_id: UUID, field: 
 
 
 def require(
-    actor: Actor, action: Action, resource: Resource, field: str, what: str | None = None
-) -> None:
+    actor: Actor,
+    action: Action,
+    resource: Resource,
+    field: str,
+    what: str | None = None,
+    scopes: frozenset[str] = frozenset(),
+) -> Decision:
     """Refuse exactly as if the object named by `field` did not exist."""
-    if not allowed(actor, action, resource):
+    decision = decide(actor, action, resource, scopes)
+    if not decision.allowed:
         raise NotFound(f"no such {what or resource.kind.value}", field=field)
+    return decision

@@ -1,10 +1,8 @@
-"""Use cases for establishments, practitioners, patients and tokens."""
+"""Use cases for establishments, practitioners and patients."""
 
-import hashlib
-import secrets
 from dataclasses import dataclass
 from datetime import date
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from domain.directory import Establishment, Patient, Practitioner
 from domain.errors import Forbidden, InvalidValue, NotFound
@@ -12,13 +10,7 @@ from domain.values import Absence, BookingPolicy, Motive, OpeningHours, Sex
 from services.actors import Actor, ActorKind
 from services.common import get_or_404, require, retrying
 from services.policy import Action, Kind, Resource, allowed
-from services.ports import Clock, Metadata, Repository, TokenStore
-
-TOKEN_PREFIX = "carnet_"
-
-
-def hash_token(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+from services.ports import Clock, Metadata, Repository
 
 
 @dataclass(frozen=True)
@@ -27,17 +19,10 @@ class Saved:
     position: int
 
 
-@dataclass(frozen=True)
-class IssuedToken:
-    secret: str
-    actor: Actor
-
-
 class DirectoryService:
-    def __init__(self, repo: Repository, clock: Clock, tokens: TokenStore) -> None:
+    def __init__(self, repo: Repository, clock: Clock) -> None:
         self.repo = repo
         self.clock = clock
-        self.tokens = tokens
 
     # -- establishments ----------------------------------------------------
 
@@ -168,35 +153,3 @@ class DirectoryService:
             return Saved(patient.id, await self.repo.save([patient], meta))
 
         return await retrying(attempt)
-
-    # -- tokens ------------------------------------------------------------
-
-    async def issue_token(
-        self,
-        actor: Actor,
-        kind: ActorKind,
-        actor_id: UUID | None = None,
-        establishment_id: UUID | None = None,
-        label: str = "",
-    ) -> IssuedToken:
-        """Bind a new random bearer token to an actor; only its hash is kept."""
-        if actor.kind is not ActorKind.ADMIN:
-            raise Forbidden("only an admin issues tokens")
-        if kind in (ActorKind.PATIENT, ActorKind.PRACTITIONER):
-            if actor_id is None:
-                raise InvalidValue(f"required for a {kind.value} token", field="actor_id")
-            cls = Patient if kind is ActorKind.PATIENT else Practitioner
-            await get_or_404(self.repo, cls, actor_id, "actor_id")
-        if kind is ActorKind.STAFF:
-            if establishment_id is None:
-                raise InvalidValue("required for a staff token", field="establishment_id")
-            await get_or_404(self.repo, Establishment, establishment_id, "establishment_id")
-        elif establishment_id is not None:
-            raise InvalidValue("only staff tokens name an establishment", field="establishment_id")
-        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        bound = Actor(kind, actor_id or uuid4(), establishment_id, token_id=uuid4())
-        await self.tokens.add(hash_token(secret), bound, label)
-        return IssuedToken(secret, bound)
-
-    async def authenticate(self, secret: str) -> Actor | None:
-        return await self.tokens.find(hash_token(secret))

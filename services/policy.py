@@ -1,7 +1,9 @@
-"""The authorization policy: one pure function, (actor, action, resource) -> bool.
+"""The authorization policy: one pure function,
+(actor, action, resource, the integration's scopes) -> allow with a field mask, or deny.
 
 Object-level checks happen here and only here. Callers turn a refusal on
-someone else's object into NotFound, never into 403.
+someone else's object into NotFound, never into 403, and blank the masked
+fields before anything leaves.
 """
 
 import enum
@@ -44,21 +46,60 @@ _PUBLIC = {Kind.ESTABLISHMENT, Kind.PRACTITIONER, Kind.AVAILABILITY}
 _PATIENT_ACTIONS = {Action.READ, Action.BOOK, Action.CANCEL, Action.RESCHEDULE}
 
 
-def allowed(actor: Actor, action: Action, resource: Resource) -> bool:
+# What an integration without `patients:contact:read` must not see.
+PATIENT_IDENTITY = frozenset({"patient_id", "patient_name", "email", "phone"})
+NOTHING = frozenset[str]()
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    hidden: frozenset[str] = NOTHING  # fields to blank in what is disclosed
+
+
+DENY = Decision(False)
+
+
+def decide(
+    actor: Actor, action: Action, resource: Resource, scopes: frozenset[str] = NOTHING
+) -> Decision:
     if actor.kind is ActorKind.ADMIN:
-        return True
+        return Decision(True)
     if action is Action.READ and resource.kind in _PUBLIC:
-        return True
+        return Decision(True)
     match actor.kind:
         case ActorKind.PATIENT:
-            return _patient(actor, action, resource)
+            return Decision(_patient(actor, action, resource))
         case ActorKind.PRACTITIONER:
-            return _practitioner(actor, action, resource)
+            return Decision(_practitioner(actor, action, resource))
         case ActorKind.STAFF:
-            return _staff(actor, action, resource)
-    # Integrations act only under grants, analysts and operators never touch
-    # bookings: until grants exist, they are refused everything personal.
-    return False
+            return Decision(_staff(actor, action, resource))
+        case ActorKind.INTEGRATION:
+            return _integration(action, resource, scopes)
+    # Analysts and operators never touch bookings through these routes.
+    return DENY
+
+
+def allowed(
+    actor: Actor, action: Action, resource: Resource, scopes: frozenset[str] = NOTHING
+) -> bool:
+    return decide(actor, action, resource, scopes).allowed
+
+
+def _integration(action: Action, r: Resource, scopes: frozenset[str]) -> Decision:
+    """Third-party software acts only under a grant on that practitioner's agenda.
+
+    `scopes` are those granted on r.practitioner_id; the caller looks them up.
+    """
+    if r.kind not in {Kind.APPOINTMENT, Kind.AGENDA}:
+        return DENY
+    needed = "agenda:read" if action is Action.READ else "appointments:write"
+    if action not in {Action.READ, Action.BOOK, Action.CANCEL, Action.RESCHEDULE, Action.MARK}:
+        return DENY
+    if needed not in scopes:
+        return DENY
+    hidden = NOTHING if "patients:contact:read" in scopes else PATIENT_IDENTITY
+    return Decision(True, hidden)
 
 
 def _patient(actor: Actor, action: Action, r: Resource) -> bool:

@@ -8,8 +8,9 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from domain.credentials import Token
+from domain.ledger import AccessRecord
 from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
-from services.actors import Actor
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -20,6 +21,10 @@ class VersionConflict(Exception):
 
 class Unavailable(Exception):
     """The event store cannot be reached right now."""
+
+
+class LedgerUnavailable(Unavailable):
+    """An access could not be made durable: disclose nothing (fail closed)."""
 
 
 @dataclass(frozen=True)
@@ -70,17 +75,35 @@ class Repository(Protocol):
         """The stored answer to an earlier request with this key, if any."""
 
 
+class AccessLedger(Protocol):
+    async def record(self, record: AccessRecord) -> int:
+        """Return the entry's sequence number once durable; else raise LedgerUnavailable."""
+
+
 class Clock(Protocol):
     def now(self) -> datetime:
         """The current instant, timezone-aware UTC."""
 
 
-class TokenStore(Protocol):
-    async def add(self, token_hash: bytes, actor: Actor, label: str) -> None:
-        """Keep a token's hash, bound to its actor. The secret is never stored."""
+@dataclass(frozen=True)
+class TokenView:
+    """What authentication needs to know of a token, from the token index."""
 
-    async def find(self, token_hash: bytes) -> Actor | None:
-        """The actor bound to an unrevoked token with this hash, if any."""
+    token_id: UUID
+    actor_kind: str
+    actor_id: UUID
+    establishment_id: UUID | None
+    display_name: str
+    state: str
+    expires_at: datetime | None
+
+
+class TokenStore(Protocol):
+    async def save(self, token: Token, meta: Metadata) -> int:
+        """Append the token's pending events and update the token index, atomically."""
+
+    async def find(self, token_hash: bytes) -> TokenView | None:
+        """The token with this hash, whatever its state."""
 
 
 # -- read models ------------------------------------------------------------
@@ -116,7 +139,7 @@ class AgendaEntry:
     end: datetime
     motive_id: str
     motive_name: str | None
-    patient_id: UUID
+    patient_id: UUID | None  # None when masked
     patient_name: str | None
     status: str
     source: str

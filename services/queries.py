@@ -1,6 +1,7 @@
 """Read use cases, answered from read models (never by loading aggregates)."""
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from uuid import UUID
 
@@ -39,10 +40,18 @@ def _check_range(first: date, last: date) -> None:
         raise InvalidValue(f"at most {MAX_DAYS} days", field="to")
 
 
+ScopeLookup = Callable[[Actor, UUID], Awaitable[frozenset[str]]]
+
+
+async def _no_scopes(actor: Actor, practitioner_id: UUID) -> frozenset[str]:
+    return frozenset()
+
+
 class QueryService:
-    def __init__(self, read: ReadModels, clock: Clock) -> None:
+    def __init__(self, read: ReadModels, clock: Clock, scopes: ScopeLookup = _no_scopes) -> None:
         self.read = read
         self.clock = clock
+        self.scopes = scopes
 
     async def establishment(self, actor: Actor, establishment_id: UUID) -> EstablishmentRow:
         found = await self.read.establishment(establishment_id)
@@ -137,7 +146,10 @@ class QueryService:
         )
         if found is None:
             raise NotFound("no such practitioner", field="practitioner_id")
-        require(actor, Action.READ, resource, "practitioner_id", "practitioner")
+        scopes = await self.scopes(actor, practitioner_id)
+        decision = require(actor, Action.READ, resource, "practitioner_id", "practitioner", scopes)
+        if decision.hidden & {"patient_id", "patient_name"}:
+            return [replace(e, patient_id=None, patient_name=None) for e in entries]
         return entries
 
     async def patient_appointments(

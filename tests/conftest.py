@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from infra.bootstrap import build_services, open_pool, with_database
 from infra.http.app import create_app
 from infra.http.keys import Services
+from infra.http.throttle import ThrottlePolicy
 from infra.http.wire import MIN_POSITION_HEADER
 from infra.workers import background
 from tests.world import World, make_world
@@ -151,6 +152,11 @@ def services(pool: asyncpg.Pool, clock: FakeClock) -> Services:
     return build_services(pool, clock=clock)
 
 
+# The suites below make thousands of look-ups from a handful of tokens; the
+# throttle has tests of its own (tests/e2e/test_enumeration.py).
+UNLIMITED = ThrottlePolicy(rate_per_second=1e9, burst=10**9, enumeration_misses=10**9)
+
+
 class ConsistentClient(TestClient):
     """A client that reads its own writes, as a well-behaved frontend does:
     every request carries Carnet-Min-Position = the log's head when it is sent,
@@ -172,7 +178,7 @@ async def client(services: Services, pool: asyncpg.Pool) -> AsyncIterator[TestCl
     # Projections run in-process, as under `make run`.
     async with (
         background(pool, None),
-        ConsistentClient(TestServer(create_app(services)), services) as client,
+        ConsistentClient(TestServer(create_app(services, UNLIMITED)), services) as client,
     ):
         yield client
 

@@ -89,7 +89,9 @@ async def make_world(services: Services) -> World:
         "analyst": (ActorKind.ANALYST, None, None),
     }
     for name, (kind, actor_id, establishment_id) in kinds.items():
-        issued = await d.issue_token(ROOT, kind, actor_id, establishment_id, label=name)
+        issued = await services.credentials.issue_token(
+            ROOT, META, kind, actor_id, establishment_id, label=name
+        )
         world.tokens[name] = issued.secret
         world.actors[name] = issued.actor
     return world

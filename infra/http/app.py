@@ -7,12 +7,16 @@ from infra.http.keys import SERVICES, Services
 from infra.http.middleware import authenticate, observe, problems
 from infra.http.openapi import openapi_document
 from infra.http.routes import add_routes
+from infra.http.throttle import THROTTLE, Throttle, ThrottlePolicy, throttle
 from infra.http.wire import MAX_BODY, reply
 
 
-def create_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[observe, problems, authenticate], client_max_size=MAX_BODY)
+def create_app(services: Services, policy: ThrottlePolicy | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[observe, problems, authenticate, throttle], client_max_size=MAX_BODY
+    )
     app[SERVICES] = services
+    app[THROTTLE] = Throttle(policy or ThrottlePolicy())
     add_routes(app)
     document = openapi_document()
 

@@ -2,6 +2,7 @@
 
 from typing import Literal
 
+import msgspec
 from aiohttp import web
 
 from domain.values import Absence, BookingPolicy, Motive, OpeningHours, Sex
@@ -12,26 +13,8 @@ from infra.http.convert import (
     patient_out,
     practitioner_out,
 )
-from infra.http.keys import REQUEST_ID, SERVICES, Services, actor_of
+from infra.http.keys import actor_of, meta_of, services_of
 from infra.http.wire import HTTPProblem, path_id, read_body, reply
-from services.actors import ActorKind
-from services.ports import Metadata
-
-
-def _svc(request: web.Request) -> Services:
-    return request.app[SERVICES]
-
-
-def _meta(request: web.Request) -> Metadata:
-    actor = actor_of(request)
-    request_id = request[REQUEST_ID]
-    return Metadata(
-        actor_kind=actor.kind.value,
-        actor_id=str(actor.id),
-        request_id=request_id,
-        correlation_id=request.headers.get("X-Correlation-Id", "")[:64] or request_id,
-        token_id=str(actor.token_id or ""),
-    )
 
 
 def _hours(hours: list[s.HoursIn]) -> tuple[OpeningHours, ...]:
@@ -43,9 +26,9 @@ def _hours(hours: list[s.HoursIn]) -> tuple[OpeningHours, ...]:
 
 async def register_establishment(request: web.Request) -> web.Response:
     body = await read_body(request, s.RegisterEstablishment)
-    directory = _svc(request).directory
+    directory = services_of(request).directory
     saved = await directory.register_establishment(
-        actor_of(request), _meta(request), body.name, body.address, body.city, body.timezone
+        actor_of(request), meta_of(request), body.name, body.address, body.city, body.timezone
     )
     found = await directory.establishment(actor_of(request), saved.id)
     return reply(establishment_out(found), 201, saved.position)
@@ -56,10 +39,10 @@ async def register_establishment(request: web.Request) -> web.Response:
 
 async def register_practitioner(request: web.Request) -> web.Response:
     body = await read_body(request, s.RegisterPractitioner)
-    directory = _svc(request).directory
+    directory = services_of(request).directory
     saved = await directory.register_practitioner(
         actor_of(request),
-        _meta(request),
+        meta_of(request),
         name=body.name,
         specialty=body.specialty,
         establishment_id=body.establishment_id,
@@ -78,9 +61,9 @@ async def register_practitioner(request: web.Request) -> web.Response:
 async def add_motive(request: web.Request) -> web.Response:
     practitioner_id = path_id(request, "practitioner_id", "practitioner")
     body = await read_body(request, s.MotiveIn)
-    directory = _svc(request).directory
+    directory = services_of(request).directory
     motive = Motive(body.id, body.name, body.duration_minutes, body.online)
-    saved = await directory.add_motive(actor_of(request), _meta(request), practitioner_id, motive)
+    saved = await directory.add_motive(actor_of(request), meta_of(request), practitioner_id, motive)
     found = await directory.practitioner(actor_of(request), saved.id)
     return reply(practitioner_out(found), 201, saved.position)
 
@@ -88,9 +71,9 @@ async def add_motive(request: web.Request) -> web.Response:
 async def set_opening_hours(request: web.Request) -> web.Response:
     practitioner_id = path_id(request, "practitioner_id", "practitioner")
     body = await read_body(request, s.SetOpeningHours)
-    directory = _svc(request).directory
+    directory = services_of(request).directory
     saved = await directory.set_opening_hours(
-        actor_of(request), _meta(request), practitioner_id, _hours(body.hours)
+        actor_of(request), meta_of(request), practitioner_id, _hours(body.hours)
     )
     found = await directory.practitioner(actor_of(request), saved.id)
     return reply(practitioner_out(found), 200, saved.position)
@@ -99,10 +82,10 @@ async def set_opening_hours(request: web.Request) -> web.Response:
 async def add_absence(request: web.Request) -> web.Response:
     practitioner_id = path_id(request, "practitioner_id", "practitioner")
     body = await read_body(request, s.AddAbsence)
-    directory = _svc(request).directory
+    directory = services_of(request).directory
     saved = await directory.add_absence(
         actor_of(request),
-        _meta(request),
+        meta_of(request),
         practitioner_id,
         Absence(body.start, body.end, body.reason),
     )
@@ -115,10 +98,10 @@ async def add_absence(request: web.Request) -> web.Response:
 
 async def register_patient(request: web.Request) -> web.Response:
     body = await read_body(request, s.RegisterPatient)
-    directory = _svc(request).directory
+    directory = services_of(request).directory
     saved = await directory.register_patient(
         actor_of(request),
-        _meta(request),
+        meta_of(request),
         first_name=body.first_name,
         last_name=body.last_name,
         birth_date=body.birth_date,
@@ -131,16 +114,16 @@ async def register_patient(request: web.Request) -> web.Response:
 
 async def get_patient(request: web.Request) -> web.Response:
     patient_id = path_id(request, "patient_id", "patient")
-    found = await _svc(request).directory.patient(actor_of(request), patient_id)
+    found = await services_of(request).directory.patient(actor_of(request), patient_id)
     return reply(patient_out(found))
 
 
 async def change_contact_details(request: web.Request) -> web.Response:
     patient_id = path_id(request, "patient_id", "patient")
     body = await read_body(request, s.ChangeContactDetails)
-    directory = _svc(request).directory
+    directory = services_of(request).directory
     saved = await directory.change_contact_details(
-        actor_of(request), _meta(request), patient_id, body.email, body.phone
+        actor_of(request), meta_of(request), patient_id, body.email, body.phone
     )
     found = await directory.patient(actor_of(request), saved.id)
     return reply(patient_out(found), 200, saved.position)
@@ -154,9 +137,9 @@ async def book(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise HTTPProblem(400, "invalid-input", "1 to 255 characters", field="Idempotency-Key")
-    booked = await _svc(request).booking.book(
+    booked = await services_of(request).booking.book(
         actor_of(request),
-        _meta(request),
+        meta_of(request),
         practitioner_id=body.practitioner_id,
         motive_id=body.motive_id,
         start=body.start,
@@ -173,15 +156,20 @@ async def book(request: web.Request) -> web.Response:
 
 async def get_appointment(request: web.Request) -> web.Response:
     appointment_id = path_id(request, "appointment_id", "appointment")
-    found = await _svc(request).booking.get_appointment(actor_of(request), appointment_id)
-    return reply(appointment_out(found))
+    found, hidden = await services_of(request).booking.read_appointment(
+        actor_of(request), appointment_id
+    )
+    shown = appointment_out(found)
+    if "patient_id" in hidden:
+        shown = msgspec.structs.replace(shown, patient_id=None)
+    return reply(shown)
 
 
 async def cancel(request: web.Request) -> web.Response:
     appointment_id = path_id(request, "appointment_id", "appointment")
     body = await read_body(request, s.CancelAppointment)
-    changed = await _svc(request).booking.cancel(
-        actor_of(request), _meta(request), appointment_id, body.reason
+    changed = await services_of(request).booking.cancel(
+        actor_of(request), meta_of(request), appointment_id, body.reason
     )
     return reply(appointment_out(changed.appointment), 200, changed.position)
 
@@ -189,8 +177,8 @@ async def cancel(request: web.Request) -> web.Response:
 async def reschedule(request: web.Request) -> web.Response:
     appointment_id = path_id(request, "appointment_id", "appointment")
     body = await read_body(request, s.RescheduleAppointment)
-    booked = await _svc(request).booking.reschedule(
-        actor_of(request), _meta(request), appointment_id, body.start
+    booked = await services_of(request).booking.reschedule(
+        actor_of(request), meta_of(request), appointment_id, body.start
     )
     response = reply(appointment_out(booked.appointment), 201, booked.position)
     response.headers["Location"] = f"/appointments/{booked.appointment.id}"
@@ -199,8 +187,8 @@ async def reschedule(request: web.Request) -> web.Response:
 
 async def _mark(request: web.Request, outcome: str) -> web.Response:
     appointment_id = path_id(request, "appointment_id", "appointment")
-    changed = await _svc(request).booking.mark(
-        actor_of(request), _meta(request), appointment_id, outcome
+    changed = await services_of(request).booking.mark(
+        actor_of(request), meta_of(request), appointment_id, outcome
     )
     return reply(appointment_out(changed.appointment), 200, changed.position)
 
@@ -213,30 +201,6 @@ async def mark_fulfilled(request: web.Request) -> web.Response:
     return await _mark(request, "fulfilled")
 
 
-# -- tokens -----------------------------------------------------------------
-
-
-async def issue_token(request: web.Request) -> web.Response:
-    body = await read_body(request, s.IssueToken)
-    issued = await _svc(request).directory.issue_token(
-        actor_of(request),
-        ActorKind(body.actor_kind),
-        body.actor_id,
-        body.establishment_id,
-        body.label,
-    )
-    return reply(
-        s.TokenOut(
-            token=issued.secret,
-            token_id=issued.actor.token_id,  # type: ignore[arg-type]
-            actor_kind=issued.actor.kind.value,
-            actor_id=issued.actor.id,
-            establishment_id=issued.actor.establishment_id,
-        ),
-        201,
-    )
-
-
 # -- operations -------------------------------------------------------------
 
 
@@ -246,7 +210,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
-    for name, check in _svc(request).checks.items():
+    for name, check in services_of(request).checks.items():
         try:
             checks[name] = await check()
         except Exception as e:  # a failed probe is the answer, not an error

@@ -8,7 +8,9 @@ from aiohttp import web
 from infra.readmodels import PostgresReadModels
 from services.actors import Actor
 from services.booking import BookingService
+from services.credentials import CredentialService
 from services.directory import DirectoryService
+from services.ports import Metadata
 from services.queries import QueryService
 
 
@@ -16,6 +18,7 @@ from services.queries import QueryService
 class Services:
     booking: BookingService
     directory: DirectoryService
+    credentials: CredentialService
     queries: QueryService
     read: PostgresReadModels  # read-your-writes waits
     # name -> async check returning "ok" or raising; /readyz runs them all
@@ -32,3 +35,20 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
 def actor_of(request: web.Request) -> Actor:
     actor: Actor = request[ACTOR]
     return actor
+
+
+def services_of(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def meta_of(request: web.Request) -> Metadata:
+    """Who caused the events this request appends, and in answer to what."""
+    actor = actor_of(request)
+    request_id = request[REQUEST_ID]
+    return Metadata(
+        actor_kind=actor.kind.value,
+        actor_id=str(actor.id),
+        request_id=request_id,
+        correlation_id=request.headers.get("X-Correlation-Id", "")[:64] or request_id,
+        token_id=str(actor.token_id or ""),
+    )

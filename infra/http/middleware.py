@@ -122,12 +122,12 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             field="Authorization",
             headers={"WWW-Authenticate": 'Bearer realm="carnet"'},
         )
-    actor = await request.app[SERVICES].directory.authenticate(secret.strip())
+    actor = await request.app[SERVICES].credentials.authenticate(secret.strip())
     if actor is None:
         raise HTTPProblem(
             401,
             "unauthenticated",
-            "Unknown or revoked token",
+            "Unknown, expired, revoked or suspended token",
             field="Authorization",
             headers={"WWW-Authenticate": 'Bearer realm="carnet", error="invalid_token"'},
         )

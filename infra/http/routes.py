@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from infra.http import credentials as c
 from infra.http import handlers as h
 from infra.http import reads as r
 from infra.http import schemas as s
@@ -261,13 +262,53 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
         "/admin/tokens",
-        h.issue_token,
+        c.issue_token,
         "Issue a bearer token for an actor",
         "admin",
         s.TokenOut,
         201,
         s.IssueToken,
         errors=WRITE_ERRORS,
+    ),
+    Route(
+        "POST",
+        "/tokens/{token_id}/revoke",
+        c.revoke_token,
+        "Revoke a token (an admin any token, anyone their own); holds from the next request",
+        "admin",
+        s.TokenStateOut,
+        200,
+        s.RevokeToken,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "POST",
+        "/admin/tokens/{token_id}/lift-suspension",
+        c.lift_suspension,
+        "Lift a token's automatic suspension",
+        "admin",
+        s.TokenStateOut,
+        errors=(401, 403, 404, 409, 422, 503),
+    ),
+    Route(
+        "PUT",
+        "/practitioners/{practitioner_id}/grants/{integration_id}",
+        c.grant,
+        "Grant an integration scopes on this practitioner's agenda",
+        "integrations",
+        s.GrantOut,
+        200,
+        s.GrantScopes,
+        errors=WRITE_ERRORS,
+    ),
+    Route(
+        "DELETE",
+        "/practitioners/{practitioner_id}/grants/{integration_id}",
+        c.revoke_grant,
+        "Revoke an integration's grant; holds from its next request",
+        "integrations",
+        s.GrantOut,
+        errors=(401, 404, 409, 503),
     ),
     Route("GET", "/healthz", h.healthz, "Liveness", "operations", s.Health, public=True, errors=()),
     Route(

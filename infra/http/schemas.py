@@ -110,6 +110,18 @@ class IssueToken(Strict):
     actor_id: UUID | None = None
     establishment_id: UUID | None = None
     label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    valid_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
+
+
+class RevokeToken(Strict):
+    reason: Reason = ""
+
+
+ScopeIn = Literal["agenda:read", "appointments:write", "patients:contact:read"]
+
+
+class GrantScopes(Strict):
+    scopes: Annotated[list[ScopeIn], msgspec.Meta(min_length=1, max_length=3)]
 
 
 class AvailabilityQuery(Strict):
@@ -206,7 +218,7 @@ class PatientOut(Out):
 
 class AppointmentOut(Out):
     id: UUID
-    patient_id: UUID
+    patient_id: UUID | None  # null when the caller may not see who the patient is
     practitioner_id: UUID
     establishment_id: UUID
     motive_id: str
@@ -236,7 +248,7 @@ class AgendaEntryOut(Out):
     end: datetime
     motive_id: str
     motive_name: str | None
-    patient_id: UUID
+    patient_id: UUID | None  # null when the caller may not see who the patient is
     patient_name: str | None
     status: str
     source: str
@@ -319,3 +331,14 @@ class Problem(Out):
 
 class Created(Out):
     id: UUID
+
+
+class TokenStateOut(Out):
+    token_id: UUID
+    state: Literal["active", "revoked", "suspended"]
+
+
+class GrantOut(Out):
+    practitioner_id: UUID
+    integration_id: UUID
+    scopes: list[str]

@@ -22,7 +22,7 @@ async def test_carnet_tokens_issue_prints_a_token_that_authenticates(db_url, ser
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(":", 1) for line in done.stdout.strip().splitlines())
     secret = lines["token"].strip()
-    actor = await services.directory.authenticate(secret)
+    actor = await services.credentials.authenticate(secret)
     assert actor is not None and actor.kind is ActorKind.OPERATOR
     assert str(actor.token_id) == lines["token_id"].strip()
 

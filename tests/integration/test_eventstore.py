@@ -10,13 +10,24 @@ from domain import agenda
 from domain.agenda import AgendaDay, Appointment
 from domain.directory import Establishment, Practitioner
 from domain.values import BookingPolicy, Motive, Source
-from infra.eventstore import Checkpoint, EventStore
+from infra.eventstore import Checkpoint, EventStore, RecordedEvent
 from infra.repository import PostgresRepository
 from infra.schema import SCHEMA
 from services.ports import Idempotency, Metadata, VersionConflict
 from tests.conftest import T0
 
 META = Metadata(actor_kind="staff", actor_id="s-1", request_id="r-1", correlation_id="c-1")
+
+
+async def readable(store: EventStore, n: int) -> list[RecordedEvent]:
+    """The first n events, once readable: a transaction open anywhere in the
+    cluster holds the readable horizon back for a while."""
+    for _ in range(500):
+        events = await store.read_after(Checkpoint())
+        if len(events) >= n:
+            return events
+        await asyncio.sleep(0.01)
+    raise AssertionError("events never became readable")
 
 
 async def count(pool: asyncpg.Pool) -> int:
@@ -135,7 +146,7 @@ async def test_stored_events_carry_position_time_and_request_metadata(pool):
     store = EventStore(pool)
     ids = [uuid4() for _ in range(3)]
     last = await store.append([StoredEvent(i, 1, "tests:Event", b"{}") for i in ids], META)
-    recorded = await store.read_after(Checkpoint())
+    recorded = await readable(store, len(ids))
     assert [r.originator_id for r in recorded] == ids
     assert recorded[-1].position == last
     assert [r.position for r in recorded] == sorted(r.position for r in recorded)

@@ -7,7 +7,7 @@ from uuid import UUID, uuid4
 import asyncpg
 from eventsourcing.persistence import StoredEvent
 
-from infra.eventstore import Checkpoint, EventStore
+from infra.eventstore import Checkpoint, EventStore, RecordedEvent
 from infra.schema import SCHEMA
 from services.ports import Metadata
 
@@ -18,6 +18,17 @@ TARGET_EVENTS = 20_000
 
 def events(n: int) -> list[StoredEvent]:
     return [StoredEvent(uuid4(), 1, "tests:Event", b'{"n":1}') for _ in range(n)]
+
+
+async def readable(store: EventStore, n: int) -> list[RecordedEvent]:
+    # Other transactions on the server (other databases too) can hold the
+    # readable horizon back for a moment; wait for it rather than assume.
+    for _ in range(500):
+        events = await store.read_after(Checkpoint())
+        if len(events) >= n:
+            return events
+        await asyncio.sleep(0.01)
+    raise AssertionError("events never became readable")
 
 
 class Rollback(Exception):
@@ -53,7 +64,7 @@ async def test_a_late_commit_is_seen_by_the_reader_where_a_position_checkpoint_s
             f"SELECT originator_id FROM {SCHEMA}.events WHERE position > $1", naive_checkpoint
         )
         assert after_commit == []  # the naive reader has skipped A for ever
-        seen = [e.originator_id for e in await store.read_after(Checkpoint())]
+        seen = [e.originator_id for e in await readable(store, 2)]
         assert seen == [late.originator_id, early.originator_id]
     finally:
         await pool.release(slow)

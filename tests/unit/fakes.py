@@ -8,8 +8,15 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from services.actors import Actor
-from services.ports import A, Idempotency, IdempotentResult, Metadata, VersionConflict
+from domain.credentials import Token
+from services.ports import (
+    A,
+    Idempotency,
+    IdempotentResult,
+    Metadata,
+    TokenView,
+    VersionConflict,
+)
 
 
 class FakeRepository:
@@ -58,11 +65,24 @@ class FakeRepository:
 
 
 class FakeTokenStore:
-    def __init__(self) -> None:
-        self.tokens: dict[bytes, Actor] = {}
+    """The token index in memory, saving events through a FakeRepository."""
 
-    async def add(self, token_hash: bytes, actor: Actor, label: str) -> None:
-        self.tokens[token_hash] = actor
+    def __init__(self, repo: FakeRepository) -> None:
+        self.repo = repo
+        self.views: dict[bytes, TokenView] = {}
 
-    async def find(self, token_hash: bytes) -> Actor | None:
-        return self.tokens.get(token_hash)
+    async def save(self, token: Token, meta: Metadata) -> int:
+        position = await self.repo.save([token], meta)
+        self.views[bytes.fromhex(token.token_hash)] = TokenView(
+            token.id,
+            token.actor_kind,
+            token.actor_id,
+            token.establishment_id,
+            token.display_name,
+            token.state,
+            token.expires_at,
+        )
+        return position
+
+    async def find(self, token_hash: bytes) -> TokenView | None:
+        return self.views.get(token_hash)

@@ -1,0 +1,225 @@
+"""The access ledger: one hash chain of who touched which personal data.
+
+Every entry is an `AccessRecorded` event of one log (LEDGER_ID), numbered
+1, 2, 3… by its originator_version. Its hash covers the previous entry's
+hash and the record, not the number, so no entry before the head can be
+changed, removed, added or moved without breaking a link, and which link
+breaks tells the kind of tampering (see `ChainVerifier`). The event's own
+timestamp is not covered; the record's `at` is.
+"""
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, NamedTuple, get_args
+from uuid import NAMESPACE_URL, uuid5
+
+from eventsourcing.domain import DomainEvent
+
+Action = Literal["read", "search", "export", "create", "change", "delete"]
+Outcome = Literal["allowed", "denied", "not-found"]
+TamperKind = Literal["altered", "deleted", "inserted", "reordered"]
+
+LEDGER_ID = uuid5(NAMESPACE_URL, "/carnet/access-ledger")
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccessRecord:
+    """One touch of personal data (who, what, why, outcome, when, where, as of).
+
+    Modelled on FHIR AuditEvent / IHE BALP. Every field added later must have
+    a default: a field at its default is left out of the hash, so entries
+    written before the field existed still verify.
+    """
+
+    # who
+    actor_kind: str
+    actor_id: str
+    on_behalf_of: str | None = None
+    token_id: str | None = None
+    integration_id: str | None = None
+    # what
+    action: Action
+    resource_type: str
+    record_ids: tuple[str, ...] = ()  # every record returned or changed
+    patient_ids: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()  # data categories / fields actually disclosed
+    # why, and how it ended
+    purpose: str = "treatment"
+    outcome: Outcome = "allowed"
+    # when and where
+    at: datetime
+    request_id: str = ""
+    client_ip: str = ""
+    user_agent: str = ""
+    # the log position the disclosed data reflected, to rebuild it by replay
+    as_of: int = 0
+
+    def __post_init__(self) -> None:
+        if self.action not in get_args(Action):
+            raise ValueError(f"unknown action {self.action!r}")
+        if self.outcome not in get_args(Outcome):
+            raise ValueError(f"unknown outcome {self.outcome!r}")
+        if self.at.tzinfo is None:
+            # A naive time would hash differently wherever it is read back.
+            raise ValueError("`at` must be timezone-aware")
+
+
+@dataclass(frozen=True)
+class AccessRecorded(DomainEvent):
+    """An access record, durable in the log as one link of the chain."""
+
+    record: AccessRecord
+    prev_hash: str
+    hash: str
+
+
+class Entry(NamedTuple):
+    version: int
+    record: AccessRecord
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The first entry at which the chain stops being what was written."""
+
+    kind: TamperKind
+    version: int
+    detail: str
+
+
+# Field names and defaults, computed once: hashing is on every request's path.
+_FIELDS = tuple((f.name, f.default) for f in dataclasses.fields(AccessRecord))
+_encode = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), default=lambda v: v.isoformat()
+).encode  # tuples come out as lists; the only other non-JSON type is datetime
+
+
+def canonical_bytes(record: AccessRecord) -> bytes:
+    """The record as sorted, compact JSON, without the fields left at their default."""
+    state = {}
+    for name, default in _FIELDS:
+        value = getattr(record, name)
+        if value != default:
+            state[name] = value
+    return _encode(state).encode()
+
+
+def chain_hash(prev_hash: str, record: AccessRecord) -> str:
+    return hashlib.sha256(prev_hash.encode() + canonical_bytes(record)).hexdigest()
+
+
+def link(prev_hash: str, records: Iterable[AccessRecord]) -> list[tuple[str, str]]:
+    """(prev_hash, hash) for each record appended after an entry hashed `prev_hash`."""
+    links = []
+    for record in records:
+        digest = chain_hash(prev_hash, record)
+        links.append((prev_hash, digest))
+        prev_hash = digest
+    return links
+
+
+class ChainVerifier:
+    """Checks entries fed in version order, holding a few hashes, not the chain.
+
+    For each entry, in this order:
+    - its version is not the next one: `deleted` (the first missing version);
+    - its record does not hash to its stored hash: `altered`;
+    - its prev_hash is not the previous entry's hash, then:
+      - it is the hash two back: the previous entry was `inserted`;
+      - it is the hash of a later entry: `reordered`;
+      - the next entry links to the one before this: this one was `inserted`;
+      - otherwise its predecessor is gone: `deleted`.
+    """
+
+    def __init__(self) -> None:
+        self._expected = 1
+        self._last = GENESIS  # hash of the last good entry
+        self._before_last: str | None = None
+        self._broken: Entry | None = None  # a bad link, still being classified
+        self._broken_after = GENESIS
+        self._after_broken = True  # the entry being fed directly follows the broken one
+        self._finding: Finding | None = None
+
+    @property
+    def settled(self) -> bool:
+        """True once more entries cannot change the result."""
+        return self._finding is not None
+
+    def feed(self, entry: Entry) -> None:
+        if self._finding is not None:
+            return
+        if self._broken is not None:
+            self._classify(entry.version, entry.prev_hash, entry.hash)
+            return
+        if self._missing(entry.version):
+            return
+        if chain_hash(entry.prev_hash, entry.record) != entry.hash:
+            self._found("altered", entry.version, "its record does not match its hash")
+            return
+        if entry.prev_hash != self._last:
+            if entry.prev_hash == self._before_last:
+                self._found("inserted", entry.version - 1, f"entry {entry.version} links past it")
+                return
+            self._broken, self._broken_after, self._after_broken = entry, self._last, True
+            return
+        self._before_last, self._last = self._last, entry.hash
+        self._expected += 1
+
+    def feed_unreadable(self, version: int, detail: str) -> None:
+        """An entry whose stored state cannot be decoded into a record."""
+        if self._finding is not None:
+            return
+        if self._broken is not None:
+            self._after_broken = False  # its hash is unknown: it can settle nothing
+            return
+        if not self._missing(version):
+            self._found("altered", version, detail)
+
+    def result(self) -> Finding | None:
+        if self._finding is None and self._broken is not None:
+            self._found(
+                "deleted", self._broken.version, "the entry it links to is not in the chain"
+            )
+        return self._finding
+
+    def _missing(self, version: int) -> bool:
+        if version == self._expected:
+            return False
+        missing = f"{self._expected}..{version - 1}" if version > self._expected + 1 else ""
+        self._found("deleted", self._expected, f"missing: {missing or self._expected}")
+        return True
+
+    def _classify(self, version: int, prev_hash: str, stored_hash: str) -> None:
+        assert self._broken is not None
+        broken = self._broken
+        if stored_hash == broken.prev_hash:
+            self._found(
+                "reordered", broken.version, f"it links to entry {version}, which comes later"
+            )
+        elif self._after_broken and prev_hash == self._broken_after:
+            self._found("inserted", broken.version, f"entry {version} links past it")
+        self._after_broken = False
+
+    def _found(self, kind: TamperKind, version: int, detail: str) -> None:
+        self._finding = Finding(kind, version, detail)
+
+
+def verify(entries: Iterable[Entry]) -> Finding | None:
+    """The first altered, deleted, inserted or reordered entry; None if intact.
+
+    Truncating the tail, or rewriting every hash from some entry on, leaves a
+    chain that is intact by itself; only a head kept elsewhere can catch that.
+    """
+    verifier = ChainVerifier()
+    for entry in entries:
+        verifier.feed(entry)
+        if verifier.settled:
+            break
+    return verifier.result()

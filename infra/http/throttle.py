@@ -1,0 +1,143 @@
+"""Per-actor rate limits and the enumeration defence.
+
+A token bucket per token answers 429 with Retry-After when an actor goes too
+fast. Separately, not-found and denied object look-ups are counted per token
+in a sliding window: a burst of them (the 2020 attack: walking other people's
+appointment ids) records an `EnumerationSuspected` event, answers 429, and by
+policy suspends the token until an admin lifts it.
+
+State is per process: with several workers each enforces its own share.
+"""
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from aiohttp import web
+
+from domain.errors import Forbidden, NotFound
+from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
+from infra.http.wire import HTTPProblem
+from infra.metrics import ENUMERATION_SUSPECTED, THROTTLED
+from services.ports import Metadata
+
+log = logging.getLogger("carnet.throttle")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    rate_per_second: float = 50.0
+    burst: int = 100
+    enumeration_misses: int = 20  # not-found/denied look-ups…
+    enumeration_window: float = 60.0  # …within this many seconds
+    suspend_on_enumeration: bool = True
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class Throttle:
+    policy: ThrottlePolicy = field(default_factory=ThrottlePolicy)
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[UUID, _Bucket] = field(default_factory=dict)
+    _misses: dict[UUID, deque[float]] = field(default_factory=dict)
+
+    def take(self, key: UUID) -> float:
+        """0 if the request may go ahead, else the seconds to wait."""
+        now = self.clock()
+        bucket = self._buckets.setdefault(key, _Bucket(float(self.policy.burst), now))
+        bucket.tokens = min(
+            float(self.policy.burst),
+            bucket.tokens + (now - bucket.at) * self.policy.rate_per_second,
+        )
+        bucket.at = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / self.policy.rate_per_second
+
+    def miss(self, key: UUID) -> int | None:
+        """Count a not-found/denied look-up; the count when it crosses the limit."""
+        now = self.clock()
+        window = self._misses.setdefault(key, deque())
+        window.append(now)
+        while window and window[0] < now - self.policy.enumeration_window:
+            window.popleft()
+        if len(window) >= self.policy.enumeration_misses:
+            count = len(window)
+            window.clear()
+            return count
+        return None
+
+
+THROTTLE = web.AppKey("throttle", Throttle)
+
+
+def _too_many(retry_after: float, detail: str) -> HTTPProblem:
+    return HTTPProblem(
+        429,
+        "throttled",
+        "Too Many Requests",
+        detail,
+        "Authorization",
+        {"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
+
+
+@web.middleware
+async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
+    actor = request.get(ACTOR)
+    if actor is None or actor.token_id is None:
+        return await handler(request)
+    limiter = request.app[THROTTLE]
+    wait = limiter.take(actor.token_id)
+    if wait:
+        THROTTLED.labels("rate").inc()
+        raise _too_many(wait, "slow down")
+    try:
+        response = await handler(request)
+    except (NotFound, Forbidden):
+        await _count_miss(request, limiter, actor.token_id)
+        raise
+    except HTTPProblem as e:
+        if e.problem.status in (403, 404):
+            await _count_miss(request, limiter, actor.token_id)
+        raise
+    if response.status in (403, 404):
+        await _count_miss(request, limiter, actor.token_id)
+    return response
+
+
+async def _count_miss(request: web.Request, limiter: Throttle, token_id: UUID) -> None:
+    misses = limiter.miss(token_id)
+    if misses is None:
+        return
+    ENUMERATION_SUSPECTED.inc()
+    policy = limiter.policy
+    actor = request[ACTOR]
+    log.warning("enumeration suspected: token %s, %s misses", token_id, misses)
+    meta = Metadata(
+        actor_kind="system",
+        actor_id="enumeration-defence",
+        request_id=request[REQUEST_ID],
+        token_id=str(token_id),
+    )
+    await request.app[SERVICES].credentials.report_enumeration(
+        meta, token_id, misses, policy.enumeration_window, policy.suspend_on_enumeration
+    )
+    raise _too_many(
+        policy.enumeration_window,
+        f"too many look-ups of objects you cannot see ({actor.kind.value} token "
+        + ("suspended" if policy.suspend_on_enumeration else "flagged")
+        + ")",
+    )

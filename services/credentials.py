@@ -1,0 +1,225 @@
+"""Use cases for bearer tokens and integration grants."""
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from uuid import UUID, uuid4
+
+from domain.credentials import Grant, Token
+from domain.directory import Establishment, Patient, Practitioner
+from domain.errors import Forbidden, InvalidValue, NotFound
+from services.actors import Actor, ActorKind
+from services.common import get_or_404, require, retrying
+from services.policy import Action, Kind, Resource
+from services.ports import Clock, Metadata, Repository, TokenStore
+
+TOKEN_PREFIX = "carnet_"
+
+
+def hash_token(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    secret: str
+    actor: Actor
+
+
+class CredentialService:
+    def __init__(self, repo: Repository, clock: Clock, tokens: TokenStore) -> None:
+        self.repo = repo
+        self.clock = clock
+        self.tokens = tokens
+
+    # -- tokens ------------------------------------------------------------
+
+    async def issue_token(
+        self,
+        actor: Actor,
+        meta: Metadata,
+        kind: ActorKind,
+        actor_id: UUID | None = None,
+        establishment_id: UUID | None = None,
+        label: str = "",
+        valid_days: int | None = None,
+    ) -> IssuedToken:
+        """Bind a new random bearer token to an actor; only its hash is kept."""
+        if actor.kind is not ActorKind.ADMIN:
+            raise Forbidden("only an admin issues tokens")
+        display_name = label
+        if kind in (ActorKind.PATIENT, ActorKind.PRACTITIONER):
+            if actor_id is None:
+                raise InvalidValue(f"required for a {kind.value} token", field="actor_id")
+            if kind is ActorKind.PATIENT:
+                await get_or_404(self.repo, Patient, actor_id, "actor_id")
+            else:
+                display_name = (
+                    await get_or_404(self.repo, Practitioner, actor_id, "actor_id")
+                ).name
+        if kind is ActorKind.STAFF:
+            if establishment_id is None:
+                raise InvalidValue("required for a staff token", field="establishment_id")
+            place = await get_or_404(self.repo, Establishment, establishment_id, "establishment_id")
+            display_name = f"{place.name} (staff)"
+        elif establishment_id is not None:
+            raise InvalidValue("only staff tokens name an establishment", field="establishment_id")
+        if kind is ActorKind.INTEGRATION and not label.strip():
+            raise InvalidValue("name the practice software", field="label")
+        if valid_days is not None and not 1 <= valid_days <= 3650:
+            raise InvalidValue("1 to 3650 days", field="valid_days")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        expires_at = (
+            self.clock.now() + timedelta(days=valid_days) if valid_days is not None else None
+        )
+        token = Token(
+            token_hash=hash_token(secret).hex(),
+            actor_kind=kind.value,
+            actor_id=actor_id or uuid4(),
+            establishment_id=establishment_id,
+            display_name=display_name or kind.value,
+            expires_at=expires_at,
+        )
+        await self.tokens.save(token, meta)
+        return IssuedToken(
+            secret,
+            _actor(
+                token.id,
+                token.actor_kind,
+                token.actor_id,
+                token.establishment_id,
+                token.display_name,
+            ),
+        )
+
+    async def authenticate(self, secret: str) -> Actor | None:
+        """The actor behind an active, unexpired token; None otherwise."""
+        view = await self.tokens.find(hash_token(secret))
+        if view is None or view.state != "active":
+            return None
+        if view.expires_at is not None and self.clock.now() >= view.expires_at:
+            return None
+        return _actor(
+            view.token_id, view.actor_kind, view.actor_id, view.establishment_id, view.display_name
+        )
+
+    async def _token(self, token_id: UUID) -> Token:
+        token = await self.repo.get(Token, token_id)
+        if token is None:
+            raise NotFound("no such token", field="token_id")
+        return token
+
+    async def revoke_token(self, actor: Actor, meta: Metadata, token_id: UUID, reason: str) -> int:
+        """An admin revokes any token; anyone may revoke their own."""
+        if actor.kind is not ActorKind.ADMIN and actor.token_id != token_id:
+            raise NotFound("no such token", field="token_id")
+
+        async def attempt() -> int:
+            token = await self._token(token_id)
+            token.revoke(reason)
+            return await self.tokens.save(token, meta)
+
+        return await retrying(attempt)
+
+    async def suspend_token(self, meta: Metadata, token_id: UUID, reason: str) -> int:
+        """Called by the enumeration defence, not by a person."""
+
+        async def attempt() -> int:
+            token = await self._token(token_id)
+            token.suspend(reason)
+            return await self.tokens.save(token, meta) if token.pending_events else 0
+
+        return await retrying(attempt)
+
+    async def report_enumeration(
+        self, meta: Metadata, token_id: UUID, misses: int, window_seconds: float, suspend: bool
+    ) -> int:
+        """A burst of not-found or denied look-ups: an event, and by policy a suspension."""
+
+        async def attempt() -> int:
+            token = await self._token(token_id)
+            token.flag_enumeration(misses, window_seconds)
+            if suspend:
+                token.suspend(f"enumeration suspected: {misses} misses in {window_seconds:g}s")
+            return await self.tokens.save(token, meta)
+
+        return await retrying(attempt)
+
+    async def lift_suspension(self, actor: Actor, meta: Metadata, token_id: UUID) -> int:
+        if actor.kind is not ActorKind.ADMIN:
+            raise Forbidden("only an admin lifts a suspension")
+
+        async def attempt() -> int:
+            token = await self._token(token_id)
+            token.lift_suspension()
+            return await self.tokens.save(token, meta)
+
+        return await retrying(attempt)
+
+    # -- integration grants ------------------------------------------------
+
+    async def _grantor(self, actor: Actor, practitioner_id: UUID) -> Practitioner:
+        practitioner = await get_or_404(self.repo, Practitioner, practitioner_id, "practitioner_id")
+        resource = Resource(
+            Kind.PRACTITIONER,
+            practitioner_id=practitioner.id,
+            establishment_id=practitioner.establishment_id,
+        )
+        require(actor, Action.MANAGE, resource, "practitioner_id", "practitioner")
+        return practitioner
+
+    async def grant(
+        self,
+        actor: Actor,
+        meta: Metadata,
+        practitioner_id: UUID,
+        integration_id: UUID,
+        scopes: tuple[str, ...],
+    ) -> Grant:
+        """The practitioner, their establishment's staff or an admin grants scopes."""
+        scopes = Grant.check(scopes)
+
+        async def attempt() -> Grant:
+            practitioner = await self._grantor(actor, practitioner_id)
+            grant = await self.repo.get(Grant, Grant.create_id(practitioner.id, integration_id))
+            if grant is None:
+                grant = Grant(
+                    practitioner_id=practitioner.id, integration_id=integration_id, scopes=scopes
+                )
+            else:
+                grant.change(scopes)
+            if grant.pending_events:
+                await self.repo.save([grant], meta)
+            return grant
+
+        return await retrying(attempt)
+
+    async def revoke_grant(
+        self, actor: Actor, meta: Metadata, practitioner_id: UUID, integration_id: UUID
+    ) -> Grant:
+        async def attempt() -> Grant:
+            practitioner = await self._grantor(actor, practitioner_id)
+            grant = await self.repo.get(Grant, Grant.create_id(practitioner.id, integration_id))
+            if grant is None:
+                raise NotFound("no such grant", field="integration_id")
+            grant.revoke()
+            if grant.pending_events:
+                await self.repo.save([grant], meta)
+            return grant
+
+        return await retrying(attempt)
+
+
+async def scopes_of(repo: Repository, actor: Actor, practitioner_id: UUID | None) -> frozenset[str]:
+    """The scopes an integration holds on a practitioner's agenda (none for others)."""
+    if actor.kind is not ActorKind.INTEGRATION or practitioner_id is None:
+        return frozenset()
+    grant = await repo.get(Grant, Grant.create_id(practitioner_id, actor.id))
+    return frozenset(grant.scopes) if grant else frozenset()
+
+
+def _actor(
+    token_id: UUID, kind: str, actor_id: UUID, establishment_id: UUID | None, name: str
+) -> Actor:
+    return Actor(ActorKind(kind), actor_id, establishment_id, token_id=token_id, display_name=name)

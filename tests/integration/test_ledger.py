@@ -1,0 +1,297 @@
+"""The access ledger on real PostgreSQL: group-committed, fail-closed, tamper-evident."""
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from domain.ledger import LEDGER_ID, AccessRecord, AccessRecorded, Finding, chain_hash
+from infra.codec import TypedMapper
+from infra.eventstore import EventStore
+from infra.ledger import Ledger, LedgerUnavailable, read_chain, verify_ledger
+from infra.schema import SCHEMA
+
+T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
+
+
+def access(n: int, actor: str = "patient") -> AccessRecord:
+    return AccessRecord(
+        actor_kind=actor,
+        actor_id=f"{actor}-{n}",
+        action="read",
+        resource_type="appointment",
+        record_ids=(f"appointment-{n}",),
+        patient_ids=(f"patient-{n}",),
+        fields=("start", "practitioner"),
+        at=T0 + timedelta(milliseconds=n),
+        request_id=f"request-{n}",
+        as_of=n,
+    )
+
+
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+@pytest.fixture
+async def ledger(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
+    ledger = Ledger(EventStore(pool))
+    yield ledger
+    await ledger.close()
+
+
+async def rows_per_insert(pool: asyncpg.Pool) -> list[int]:
+    counts = await pool.fetch(
+        f"SELECT count(*) FROM {SCHEMA}.events WHERE originator_id = $1 GROUP BY tx ORDER BY tx",
+        LEDGER_ID,
+    )
+    return [int(c[0]) for c in counts]
+
+
+# -- group commit -------------------------------------------------------------
+
+
+async def test_concurrent_accesses_share_a_few_inserts_and_form_one_gap_free_chain(pool, ledger):
+    batches_before = sample("carnet_ledger_batch_size_count")
+
+    numbers = await asyncio.gather(*(ledger.record(access(n)) for n in range(200)))
+
+    assert sorted(numbers) == list(range(1, 201))
+    entries = await read_chain(pool)
+    assert [e.version for e in entries] == list(range(1, 201))
+    # Each caller got the number of the entry holding its own record.
+    by_version = {e.version: e.record for e in entries}
+    assert all(by_version[v] == access(n) for n, v in enumerate(numbers))
+    assert await verify_ledger(pool) is None
+    inserts = await rows_per_insert(pool)
+    assert sum(inserts) == 200 and len(inserts) < 50, inserts
+    assert sample("carnet_ledger_batch_size_count") - batches_before == len(inserts)
+
+
+async def test_a_batch_never_exceeds_max_batch(pool):
+    ledger = Ledger(EventStore(pool), max_batch=64, interval=0.05)
+    await asyncio.gather(*(ledger.record(access(n)) for n in range(300)))
+    await ledger.close()
+    inserts = await rows_per_insert(pool)
+    assert max(inserts) == 64 and sum(inserts) == 300, inserts
+    assert await verify_ledger(pool) is None
+
+
+async def test_a_lone_access_is_written_at_once_in_its_own_insert(pool, ledger):
+    started = asyncio.get_running_loop().time()
+    assert await ledger.record(access(1)) == 1
+    assert await ledger.record(access(2)) == 2
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert await rows_per_insert(pool) == [1, 1]
+
+
+async def test_closing_writes_what_is_pending_and_then_refuses_new_entries(pool):
+    ledger = Ledger(EventStore(pool), interval=60)  # would wait a minute for company
+    waiting = [asyncio.create_task(ledger.record(access(n))) for n in range(5)]
+    await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await ledger.close()
+    assert sorted(await asyncio.gather(*waiting)) == [1, 2, 3, 4, 5]
+    with pytest.raises(LedgerUnavailable):
+        await ledger.record(access(6))
+
+
+async def test_a_disabled_ledger_answers_at_once_and_writes_nothing(pool):
+    ledger = Ledger(EventStore(pool), disabled=True)
+    assert await ledger.record(access(1)) == 0
+    await ledger.close()
+    assert await read_chain(pool) == []
+
+
+# -- two processes ------------------------------------------------------------
+
+
+async def test_two_writers_on_one_chain_retry_on_conflict_and_keep_one_valid_chain(db_url, pool):
+    other_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    first, second = Ledger(EventStore(pool)), Ledger(EventStore(other_pool))
+    try:
+        # Both learn the head, then `first` moves it: `second`'s copy is stale.
+        assert await first.record(access(1, "a")) == 1
+        assert await second.record(access(1, "b")) == 2
+        assert await first.record(access(2, "a")) == 3
+        conflicts = sample("carnet_version_conflicts_total")
+        assert await second.record(access(2, "b")) == 4
+        assert sample("carnet_version_conflicts_total") == conflicts + 1
+
+        # Then both write at once.
+        numbers = await asyncio.gather(
+            *(first.record(access(n, "a")) for n in range(3, 203)),
+            *(second.record(access(n, "b")) for n in range(3, 203)),
+        )
+    finally:
+        await first.close()
+        await second.close()
+        await other_pool.close()
+
+    assert sorted(numbers) == list(range(5, 405))
+    entries = await read_chain(pool)
+    assert [e.version for e in entries] == list(range(1, 405))
+    assert await verify_ledger(pool) is None
+
+
+# -- fail-closed ----------------------------------------------------------------
+
+
+async def test_while_the_database_refuses_connections_every_caller_is_refused_then_it_recovers(
+    db_url, servers
+):
+    name = db_url.split("?")[0].rsplit("/", 1)[1]
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    admin = await asyncpg.connect(servers.database_url)
+    ledger = Ledger(EventStore(pool))
+    try:
+        assert await ledger.record(access(1)) == 1
+        # Cut the database off: no new connections, existing ones killed.
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        failures = sample("carnet_ledger_failures_total")
+        async with asyncio.timeout(10):  # nobody waits forever
+            outcomes = await asyncio.gather(
+                *(ledger.record(access(n)) for n in range(2, 22)), return_exceptions=True
+            )
+        assert all(isinstance(o, LedgerUnavailable) for o in outcomes), outcomes
+        assert sample("carnet_ledger_failures_total") > failures
+
+        # Back again: the next entry extends the chain where it was.
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert await ledger.record(access(22)) == 2
+        assert await verify_ledger(pool) is None
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await ledger.close()
+        await pool.close()
+
+
+async def test_a_write_that_hangs_is_refused_after_the_write_timeout(pool):
+    ledger = Ledger(EventStore(pool), write_timeout=0.5)
+    assert await ledger.record(access(1)) == 1
+    async with pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute(f"LOCK TABLE {SCHEMA}.events IN ACCESS EXCLUSIVE MODE")
+        async with asyncio.timeout(5):
+            with pytest.raises(LedgerUnavailable):
+                await ledger.record(access(2))
+    assert await ledger.record(access(3)) == 2
+    await ledger.close()
+    assert [e.record for e in await read_chain(pool)] == [access(1), access(3)]
+
+
+async def test_a_ledger_whose_database_does_not_answer_refuses_at_once():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket is closed
+    pool = await asyncpg.create_pool(f"postgresql://postgres@127.0.0.1:{port}/x", min_size=0)
+    ledger = Ledger(EventStore(pool))
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(LedgerUnavailable):
+                await ledger.record(access(1))
+    finally:
+        await ledger.close()
+        await pool.close()
+
+
+# -- tamper evidence ------------------------------------------------------------
+
+
+@pytest.fixture
+async def ten_entries(pool, ledger) -> asyncpg.Pool:
+    for n in range(1, 11):
+        await ledger.record(access(n))
+    assert await verify_ledger(pool) is None
+    return pool
+
+
+async def test_editing_one_stored_entry_is_found_as_altered(ten_entries):
+    await ten_entries.execute(
+        f"UPDATE {SCHEMA}.events SET state = convert_to(replace("
+        "convert_from(state, 'UTF8'), 'appointment-5', 'appointment-9'), 'UTF8') "
+        "WHERE originator_id = $1 AND originator_version = 5",
+        LEDGER_ID,
+    )
+    assert await verify_ledger(ten_entries) == Finding(
+        "altered", 5, "its record does not match its hash"
+    )
+
+
+async def test_an_entry_overwritten_with_garbage_is_found_as_altered(ten_entries):
+    await ten_entries.execute(
+        f"UPDATE {SCHEMA}.events SET state = 'not json' "
+        "WHERE originator_id = $1 AND originator_version = 3",
+        LEDGER_ID,
+    )
+    finding = await verify_ledger(ten_entries, page=2)
+    assert finding is not None and (finding.kind, finding.version) == ("altered", 3)
+
+
+async def test_deleting_one_entry_is_found_as_deleted(ten_entries):
+    await ten_entries.execute(
+        f"DELETE FROM {SCHEMA}.events WHERE originator_id = $1 AND originator_version = 6",
+        LEDGER_ID,
+    )
+    assert await verify_ledger(ten_entries) == Finding("deleted", 6, "missing: 6")
+
+
+async def test_a_forged_entry_inserted_in_the_middle_is_found_as_inserted(ten_entries):
+    # The forger makes room after entry 4 and writes a properly hashed fake.
+    entries = await read_chain(ten_entries)
+    await shift_versions(ten_entries, after=4, by=1)
+    record = dataclasses.replace(access(4), actor_id="intruder")
+    forged = AccessRecorded(
+        originator_id=LEDGER_ID,
+        originator_version=5,
+        timestamp=T0,
+        record=record,
+        prev_hash=entries[3].hash,
+        hash=chain_hash(entries[3].hash, record),
+    )
+    stored = TypedMapper().to_stored_event(forged)
+    await ten_entries.execute(
+        f"INSERT INTO {SCHEMA}.events (originator_id, originator_version, topic, state) "
+        "VALUES ($1, $2, $3, $4)",
+        stored.originator_id,
+        stored.originator_version,
+        stored.topic,
+        stored.state,
+    )
+    finding = await verify_ledger(ten_entries)
+    assert finding is not None and (finding.kind, finding.version) == ("inserted", 5)
+
+
+async def test_two_entries_swapped_are_found_as_reordered(ten_entries):
+    async with ten_entries.acquire() as conn, conn.transaction():
+        for old, new in ((7, -7), (8, 7), (-7, 8)):  # via a free number: versions are unique
+            await conn.execute(
+                f"UPDATE {SCHEMA}.events SET originator_version = $3 "
+                "WHERE originator_id = $1 AND originator_version = $2",
+                LEDGER_ID,
+                old,
+                new,
+            )
+    finding = await verify_ledger(ten_entries)
+    assert finding is not None and (finding.kind, finding.version) == ("reordered", 7)
+
+
+async def shift_versions(pool: asyncpg.Pool, after: int, by: int) -> None:
+    """Renumber entries after `after`, through an offset that collides with nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        for delta in (1_000_000, by - 1_000_000):
+            await conn.execute(
+                f"UPDATE {SCHEMA}.events SET originator_version = originator_version + $3 "
+                "WHERE originator_id = $1 AND originator_version > $2",
+                LEDGER_ID,
+                after if delta > 0 else after + 1_000_000,
+                delta,
+            )
