@@ -11,6 +11,7 @@ import asyncpg
 
 from infra.eventstore import EventStore
 from infra.http.keys import Services
+from infra.ledger import Ledger
 from infra.natslink import NatsLink
 from infra.projector import Projector
 from infra.readmodels import PostgresReadModels
@@ -124,7 +125,10 @@ async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
 
 
 def build_services(
-    pool: asyncpg.Pool, clock: Clock | None = None, nats: NatsLink | None = None
+    pool: asyncpg.Pool,
+    clock: Clock | None = None,
+    nats: NatsLink | None = None,
+    ledger: Ledger | None = None,
 ) -> Services:
     clock = clock or SystemClock()
     repo = PostgresRepository(EventStore(pool))
@@ -143,6 +147,7 @@ def build_services(
         credentials=CredentialService(repo, clock, PostgresTokenStore(repo.store, repo.mapper)),
         queries=QueryService(read, clock, lambda actor, pid: scopes_of(repo, actor, pid)),
         read=read,
+        ledger=ledger or Ledger(repo.store, mapper=repo.mapper),
         checks={"database": database, "nats": nats_check},
     )
 

@@ -163,9 +163,13 @@ class EventStore:
         return int(position)
 
     async def read_aggregate(self, originator_id: UUID) -> list[StoredEvent]:
+        return (await self.read_aggregate_at(originator_id))[0]
+
+    async def read_aggregate_at(self, originator_id: UUID) -> tuple[list[StoredEvent], int]:
+        """An aggregate's events, and the log position of the last one."""
         try:
             rows = await self.pool.fetch(
-                f"SELECT originator_version, topic, state FROM {SCHEMA}.events "
+                f"SELECT originator_version, topic, state, position FROM {SCHEMA}.events "
                 "WHERE originator_id = $1 ORDER BY originator_version",
                 originator_id,
             )
@@ -173,7 +177,8 @@ class EventStore:
             if database_unavailable(e):
                 raise Unavailable(str(e)) from e
             raise
-        return [StoredEvent(originator_id, r[0], r[1], r[2]) for r in rows]
+        events = [StoredEvent(originator_id, r[0], r[1], r[2]) for r in rows]
+        return events, max((r[3] for r in rows), default=0)
 
     async def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
         row = await self.pool.fetchrow(

@@ -14,7 +14,7 @@ import asyncpg
 from infra.codec import TypedMapper
 from infra.eventstore import Checkpoint, Connection, EventStore, RecordedEvent
 from infra.metrics import PROJECTION_APPLIED, PROJECTION_POSITION, PROJECTION_RUNNING
-from projections import READ_SCHEMA, Projection, Tables
+from projections import READ_SCHEMA, Op, Projection, Tables
 
 log = logging.getLogger("carnet.projector")
 
@@ -101,15 +101,59 @@ class Projector:
     async def _apply(
         self, conn: Connection, events: Sequence[RecordedEvent], tables: dict[str, str]
     ) -> None:
+        """Run the statements of `events` in log order on `conn`, in the caller's transaction.
+
+        Projections are pure, so every statement is built first. A run of one statement
+        (consecutive, with parameters) goes to the server as one `executemany`:
+        pipelined, one round trip instead of one each. When that saves two round trips
+        or more, the runs execute after a SAVEPOINT; should one fail, the batch is
+        replayed from it statement by statement, so that the event at fault is named
+        exactly as without grouping.
+        """
+        database_down = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
+
+        async def one_by_one(ops: list[tuple[RecordedEvent, Op]]) -> None:
+            for recorded, op in ops:
+                try:
+                    await conn.execute(op.sql, *op.args)
+                except database_down:
+                    raise  # the database, not the event: retry later
+                except Exception as e:
+                    raise ProjectionFailed(self.name, recorded, e) from e
+
+        ops: list[tuple[RecordedEvent, Op]] = []
+        failed: tuple[RecordedEvent, Exception] | None = None
         for recorded in events:
             try:
                 event = self.mapper.to_domain_event(recorded.stored())
-                for op in self.projection.apply(event, tables):
-                    await conn.execute(op.sql, *op.args)
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-                raise  # the database, not the event: retry later
+                ops += [(recorded, op) for op in self.projection.apply(event, tables)]
             except Exception as e:
-                raise ProjectionFailed(self.name, recorded, e) from e
+                failed = (recorded, e)  # raised after the statements of the events before it
+                break
+        runs: list[list[tuple[RecordedEvent, Op]]] = []
+        for item in ops:
+            last = runs[-1][-1][1] if runs else None
+            if last is not None and last.args and item[1].args and last.sql == item[1].sql:
+                runs[-1].append(item)
+            else:
+                runs.append([item])
+        if len(ops) - len(runs) >= 2:
+            await conn.execute("SAVEPOINT carnet_apply")
+            try:
+                for run in runs:
+                    if len(run) == 1:
+                        await conn.execute(run[0][1].sql, *run[0][1].args)
+                    else:
+                        await conn.executemany(run[0][1].sql, [op.args for _, op in run])
+            except database_down:
+                raise
+            except Exception:
+                await conn.execute("ROLLBACK TO SAVEPOINT carnet_apply")
+                await one_by_one(ops)
+        else:
+            await one_by_one(ops)
+        if failed is not None:
+            raise ProjectionFailed(self.name, *failed) from failed[1]
 
     async def run_once(self) -> int:
         """Apply the next batch; return how many events it held (0: caught up or stopped)."""

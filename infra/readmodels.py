@@ -2,8 +2,9 @@
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date
+from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -14,6 +15,8 @@ from infra.eventstore import Checkpoint, EventStore
 from infra.projector import CHECKPOINTS
 from projections import READ_SCHEMA
 from services.ports import AgendaEntry, EstablishmentRow, PatientAppointment, PractitionerRow
+
+T = TypeVar("T")
 
 
 class NotCaughtUp(Exception):
@@ -72,6 +75,31 @@ class PostgresReadModels:
                 raise NotCaughtUp(f"read model behind position {position}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    async def position(self, projection: str) -> int:
+        """The log position a read model's rows reflect right now."""
+        return int(
+            await self.pool.fetchval(
+                f"SELECT position FROM {CHECKPOINTS} WHERE name = $1", projection
+            )
+            or 0
+        )
+
+    async def exactly(
+        self, projection: str, query: Callable[[], Awaitable[T]], attempts: int = 5
+    ) -> tuple[T, int]:
+        """Run a read and tell the position it reflected, exactly.
+
+        The projector moves rows and checkpoint in one transaction, so when the
+        checkpoint is the same before and after the read, the rows were those
+        of that position. (The access ledger replays from it.)
+        """
+        for _ in range(attempts):
+            before = await self.position(projection)
+            result = await query()
+            if await self.position(projection) == before:
+                return result, before
+        return result, await self.position(projection)
 
     async def establishment(self, establishment_id: UUID) -> EstablishmentRow | None:
         row = await self.pool.fetchrow(

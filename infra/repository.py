@@ -10,6 +10,13 @@ from infra.codec import TypedMapper
 from infra.eventstore import EventStore
 from services.ports import A, Idempotency, IdempotentResult, Metadata
 
+POSITION = "_carnet_log_position"
+
+
+def log_position(aggregate: Aggregate) -> int:
+    """The log position of the last event the aggregate was loaded from (0 if new)."""
+    return int(aggregate.__dict__.get(POSITION, 0))
+
 
 class PostgresRepository:
     def __init__(self, store: EventStore, mapper: TypedMapper | None = None) -> None:
@@ -17,13 +24,16 @@ class PostgresRepository:
         self.mapper = mapper or TypedMapper()
 
     async def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
-        stored = await self.store.read_aggregate(aggregate_id)
+        stored, position = await self.store.read_aggregate_at(aggregate_id)
         aggregate: Any = None
         for s in stored:
             aggregate = self.mapper.to_domain_event(s).mutate(aggregate)
         if aggregate is not None and not isinstance(aggregate, cls):
             # An id of another kind of aggregate is, to the caller, no such thing.
             return None
+        if aggregate is not None:
+            # What the aggregate reflects, for the access ledger's "as of".
+            aggregate.__dict__[POSITION] = position
         return aggregate
 
     async def save(

@@ -93,6 +93,15 @@ class CredentialService:
             ),
         )
 
+    async def holder(self, secret: str) -> Actor | None:
+        """Whom a token names, usable or not: refusals are recorded against it."""
+        view = await self.tokens.find(hash_token(secret))
+        if view is None:
+            return None
+        return _actor(
+            view.token_id, view.actor_kind, view.actor_id, view.establishment_id, view.display_name
+        )
+
     async def authenticate(self, secret: str) -> Actor | None:
         """The actor behind an active, unexpired token; None otherwise."""
         view = await self.tokens.find(hash_token(secret))

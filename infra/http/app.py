@@ -17,6 +17,11 @@ def create_app(services: Services, policy: ThrottlePolicy | None = None) -> web.
     )
     app[SERVICES] = services
     app[THROTTLE] = Throttle(policy or ThrottlePolicy())
+
+    async def flush_ledger(app: web.Application) -> None:
+        await app[SERVICES].ledger.close()
+
+    app.on_cleanup.append(flush_ledger)
     add_routes(app)
     document = openapi_document()
 

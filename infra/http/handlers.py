@@ -5,8 +5,10 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from domain.agenda import Appointment
 from domain.values import Absence, BookingPolicy, Motive, OpeningHours, Sex
 from infra.http import schemas as s
+from infra.http.audit import note
 from infra.http.convert import (
     appointment_out,
     establishment_out,
@@ -15,6 +17,7 @@ from infra.http.convert import (
 )
 from infra.http.keys import actor_of, meta_of, services_of
 from infra.http.wire import HTTPProblem, path_id, read_body, reply
+from infra.repository import log_position
 
 
 def _hours(hours: list[s.HoursIn]) -> tuple[OpeningHours, ...]:
@@ -93,6 +96,9 @@ async def add_absence(request: web.Request) -> web.Response:
     return reply(practitioner_out(found), 201, saved.position)
 
 
+PATIENT_FIELDS = tuple(s.PatientOut.__struct_fields__)
+
+
 # -- patients ---------------------------------------------------------------
 
 
@@ -109,12 +115,26 @@ async def register_patient(request: web.Request) -> web.Response:
         email=body.email,
         phone=body.phone,
     )
+    note(
+        request,
+        record_ids=[saved.id],
+        patient_ids=[saved.id],
+        fields=PATIENT_FIELDS,
+        as_of=saved.position,
+    )
     return reply(s.Created(id=saved.id), 201, saved.position)
 
 
 async def get_patient(request: web.Request) -> web.Response:
     patient_id = path_id(request, "patient_id", "patient")
     found = await services_of(request).directory.patient(actor_of(request), patient_id)
+    note(
+        request,
+        record_ids=[found.id],
+        patient_ids=[found.id],
+        fields=PATIENT_FIELDS,
+        as_of=log_position(found),
+    )
     return reply(patient_out(found))
 
 
@@ -126,10 +146,34 @@ async def change_contact_details(request: web.Request) -> web.Response:
         actor_of(request), meta_of(request), patient_id, body.email, body.phone
     )
     found = await directory.patient(actor_of(request), saved.id)
+    note(
+        request,
+        record_ids=[found.id],
+        patient_ids=[found.id],
+        fields=PATIENT_FIELDS,
+        as_of=log_position(found),
+    )
     return reply(patient_out(found), 200, saved.position)
 
 
 # -- appointments -----------------------------------------------------------
+
+APPOINTMENT_FIELDS = tuple(s.AppointmentOut.__struct_fields__)
+
+
+def _note_appointments(
+    request: web.Request,
+    appointments: list[Appointment],
+    as_of: int,
+    hidden: frozenset[str] = frozenset(),
+) -> None:
+    note(
+        request,
+        record_ids=[a.id for a in appointments],
+        patient_ids=[a.patient_id for a in appointments],
+        fields=[f for f in APPOINTMENT_FIELDS if f not in hidden],
+        as_of=as_of,
+    )
 
 
 async def book(request: web.Request) -> web.Response:
@@ -147,6 +191,7 @@ async def book(request: web.Request) -> web.Response:
         patient_id=body.patient_id,
         idempotency_key=key,
     )
+    _note_appointments(request, [booked.appointment], booked.position)
     response = reply(appointment_out(booked.appointment), 201, booked.position)
     response.headers["Location"] = f"/appointments/{booked.appointment.id}"
     if booked.replayed:
@@ -162,6 +207,7 @@ async def get_appointment(request: web.Request) -> web.Response:
     shown = appointment_out(found)
     if "patient_id" in hidden:
         shown = msgspec.structs.replace(shown, patient_id=None)
+    _note_appointments(request, [found], log_position(found), hidden)
     return reply(shown)
 
 
@@ -171,6 +217,7 @@ async def cancel(request: web.Request) -> web.Response:
     changed = await services_of(request).booking.cancel(
         actor_of(request), meta_of(request), appointment_id, body.reason
     )
+    _note_appointments(request, [changed.appointment], changed.position)
     return reply(appointment_out(changed.appointment), 200, changed.position)
 
 
@@ -180,6 +227,8 @@ async def reschedule(request: web.Request) -> web.Response:
     booked = await services_of(request).booking.reschedule(
         actor_of(request), meta_of(request), appointment_id, body.start
     )
+    note(request, record_ids=[appointment_id])  # the one it replaces changed too
+    _note_appointments(request, [booked.appointment], booked.position)
     response = reply(appointment_out(booked.appointment), 201, booked.position)
     response.headers["Location"] = f"/appointments/{booked.appointment.id}"
     return response
@@ -190,6 +239,7 @@ async def _mark(request: web.Request, outcome: str) -> web.Response:
     changed = await services_of(request).booking.mark(
         actor_of(request), meta_of(request), appointment_id, outcome
     )
+    _note_appointments(request, [changed.appointment], changed.position)
     return reply(appointment_out(changed.appointment), 200, changed.position)
 
 

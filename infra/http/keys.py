@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from infra.ledger import Ledger
 from infra.readmodels import PostgresReadModels
 from services.actors import Actor
 from services.booking import BookingService
@@ -21,6 +22,7 @@ class Services:
     credentials: CredentialService
     queries: QueryService
     read: PostgresReadModels  # read-your-writes waits
+    ledger: Ledger  # the access ledger, group-committed and fail-closed
     # name -> async check returning "ok" or raising; /readyz runs them all
     checks: dict[str, Callable[[], Awaitable[str]]]
 

@@ -15,6 +15,7 @@ from domain.errors import (
     NotFound,
     RuleViolation,
 )
+from infra.http.audit import audit_of, record_refusal
 from infra.http.keys import ACTOR, PUBLIC_PATHS, REQUEST_ID, SERVICES
 from infra.http.schemas import Problem
 from infra.http.wire import PROBLEM_BASE, HTTPProblem, problem_response
@@ -122,8 +123,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             field="Authorization",
             headers={"WWW-Authenticate": 'Bearer realm="carnet"'},
         )
-    actor = await request.app[SERVICES].credentials.authenticate(secret.strip())
+    credentials = request.app[SERVICES].credentials
+    actor = await credentials.authenticate(secret.strip())
     if actor is None:
+        # A known token that may no longer be used (revoked, suspended, expired):
+        # its attempts on personal data are still accesses to record.
+        holder = await credentials.holder(secret.strip())
+        audit = audit_of(request)
+        if holder is not None and audit is not None:
+            await record_refusal(request, holder, audit, "denied")
         raise HTTPProblem(
             401,
             "unauthenticated",

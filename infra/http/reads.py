@@ -3,8 +3,9 @@
 from aiohttp import web
 
 from infra.http import schemas as s
+from infra.http.audit import note
 from infra.http.convert import establishment_out, practitioner_out
-from infra.http.keys import SERVICES, actor_of
+from infra.http.keys import SERVICES, actor_of, services_of
 from infra.http.wire import (
     MIN_POSITION_HEADER,
     MIN_POSITION_PARAM,
@@ -15,6 +16,9 @@ from infra.http.wire import (
 )
 from infra.readmodels import NotCaughtUp
 from services.queries import Offer, QueryService
+
+AGENDA_FIELDS = tuple(s.AgendaEntryOut.__struct_fields__)
+PATIENT_APPOINTMENT_FIELDS = tuple(s.PatientAppointmentOut.__struct_fields__)
 
 
 async def consistent(request: web.Request, *projections: str) -> QueryService:
@@ -120,7 +124,18 @@ async def agenda(request: web.Request) -> web.Response:
     practitioner_id = path_id(request, "practitioner_id", "practitioner")
     query = read_query(request, s.AgendaQuery)
     queries = await consistent(request, "agenda")
-    entries = await queries.agenda(actor_of(request), practitioner_id, query.date)
+    actor = actor_of(request)
+    entries, as_of = await services_of(request).read.exactly(
+        "agenda", lambda: queries.agenda(actor, practitioner_id, query.date)
+    )
+    masked = any(e.patient_id is None for e in entries)
+    note(
+        request,
+        record_ids=[e.appointment_id for e in entries],
+        patient_ids=[e.patient_id for e in entries],
+        fields=[f for f in AGENDA_FIELDS if not (masked and f.startswith("patient"))],
+        as_of=as_of,
+    )
     return reply(
         s.AgendaOut(
             practitioner_id=practitioner_id,
@@ -148,7 +163,17 @@ async def agenda(request: web.Request) -> web.Response:
 async def patient_appointments(request: web.Request) -> web.Response:
     patient_id = path_id(request, "patient_id", "patient")
     queries = await consistent(request, "patient_view")
-    found = await queries.patient_appointments(actor_of(request), patient_id)
+    actor = actor_of(request)
+    found, as_of = await services_of(request).read.exactly(
+        "patient_view", lambda: queries.patient_appointments(actor, patient_id)
+    )
+    note(
+        request,
+        record_ids=[a.appointment_id for a in found],
+        patient_ids=[patient_id],
+        fields=PATIENT_APPOINTMENT_FIELDS,
+        as_of=as_of,
+    )
     return reply(
         s.PatientAppointmentsOut(
             patient_id=patient_id,

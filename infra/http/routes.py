@@ -9,6 +9,7 @@ from infra.http import credentials as c
 from infra.http import handlers as h
 from infra.http import reads as r
 from infra.http import schemas as s
+from infra.http.audit import Audit, audited
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,6 +35,8 @@ class Route:
     also: tuple[int, ...] = ()
     # Answered from a read model: accepts Carnet-Min-Position / min_position.
     read_model: bool = False
+    # Touches personal data: every call lands in the access ledger.
+    audit: Audit | None = None
 
 
 ROUTES: tuple[Route, ...] = (
@@ -75,6 +78,7 @@ ROUTES: tuple[Route, ...] = (
         "patients",
         s.PatientAppointmentsOut,
         read_model=True,
+        audit=Audit("appointment", "search", ("patient_id",)),
     ),
     Route(
         "POST",
@@ -168,6 +172,7 @@ ROUTES: tuple[Route, ...] = (
         s.AgendaOut,
         query=s.AgendaQuery,
         read_model=True,
+        audit=Audit("agenda", "read", ("practitioner_id",)),
     ),
     Route(
         "POST",
@@ -179,6 +184,7 @@ ROUTES: tuple[Route, ...] = (
         201,
         s.RegisterPatient,
         errors=WRITE_ERRORS,
+        audit=Audit("patient", "create"),
     ),
     Route(
         "GET",
@@ -187,6 +193,7 @@ ROUTES: tuple[Route, ...] = (
         "Get a patient's profile",
         "patients",
         s.PatientOut,
+        audit=Audit("patient", "read", ("patient_id",)),
     ),
     Route(
         "PUT",
@@ -198,6 +205,7 @@ ROUTES: tuple[Route, ...] = (
         200,
         s.ChangeContactDetails,
         errors=WRITE_ERRORS,
+        audit=Audit("patient", "change", ("patient_id",)),
     ),
     Route(
         "POST",
@@ -210,6 +218,7 @@ ROUTES: tuple[Route, ...] = (
         s.BookAppointment,
         errors=WRITE_ERRORS,
         headers=("Idempotency-Key",),
+        audit=Audit("appointment", "create"),
     ),
     Route(
         "GET",
@@ -218,6 +227,7 @@ ROUTES: tuple[Route, ...] = (
         "Get an appointment",
         "booking",
         s.AppointmentOut,
+        audit=Audit("appointment", "read", ("appointment_id",)),
     ),
     Route(
         "POST",
@@ -229,6 +239,7 @@ ROUTES: tuple[Route, ...] = (
         200,
         s.CancelAppointment,
         errors=WRITE_ERRORS,
+        audit=Audit("appointment", "change", ("appointment_id",)),
     ),
     Route(
         "POST",
@@ -240,6 +251,7 @@ ROUTES: tuple[Route, ...] = (
         201,
         s.RescheduleAppointment,
         errors=WRITE_ERRORS,
+        audit=Audit("appointment", "change", ("appointment_id",)),
     ),
     Route(
         "POST",
@@ -249,6 +261,7 @@ ROUTES: tuple[Route, ...] = (
         "booking",
         s.AppointmentOut,
         errors=WRITE_ERRORS,
+        audit=Audit("appointment", "change", ("appointment_id",)),
     ),
     Route(
         "POST",
@@ -258,6 +271,7 @@ ROUTES: tuple[Route, ...] = (
         "booking",
         s.AppointmentOut,
         errors=WRITE_ERRORS,
+        audit=Audit("appointment", "change", ("appointment_id",)),
     ),
     Route(
         "POST",
@@ -327,4 +341,5 @@ ROUTES: tuple[Route, ...] = (
 
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        handler = route.handler if route.audit is None else audited(route.audit, route.handler)
+        app.router.add_route(route.method, route.path, handler)

@@ -14,11 +14,23 @@ import time
 from datetime import UTC, datetime
 
 from tests.bench.append import bench_append
-from tests.bench.common import QUICK, Config, Result, say, server_facts, server_url, table
+from tests.bench.common import (
+    QUICK,
+    Config,
+    Result,
+    nats_url,
+    say,
+    server_facts,
+    server_url,
+    table,
+)
 from tests.bench.http_bookings import bench_http
+from tests.bench.lag import bench_lag
 from tests.bench.peer import bench_peer
+from tests.bench.rebuild import bench_rebuild
+from tests.bench.relay import bench_relay
 
-BENCHMARKS = ("append", "peer", "http")
+BENCHMARKS = ("append", "peer", "http", "lag", "rebuild", "relay")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
@@ -28,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
     )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument(
-        "--diagnose", action="store_true", help="always break the append rate down by step"
+        "--diagnose",
+        action="store_true",
+        help="always print the breakdowns of [1] (append) and [5] (rebuild)",
     )
     parser.add_argument(
         "--profile-server", metavar="FILE", help="benchmark 3: cProfile the app server into FILE"
@@ -37,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
         "--http-workers", type=int, help="benchmark 3: server processes on one port (default 1)"
     )
     parser.add_argument("--concurrency", type=int, help="tasks/threads/clients (default 16)")
+    parser.add_argument(
+        "--lag-rate",
+        type=float,
+        help="benchmark 4: a fixed steady booking rate (/s) instead of half the measured max",
+    )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else Config()
     if args.diagnose:
@@ -47,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
         cfg = dataclasses.replace(cfg, http_workers=args.http_workers)
     if args.concurrency:
         cfg = dataclasses.replace(cfg, concurrency=args.concurrency)
+    if args.lag_rate:
+        cfg = dataclasses.replace(cfg, lag_rate=args.lag_rate)
     return cfg, args.only or list(BENCHMARKS)
 
 
@@ -59,6 +80,13 @@ async def run(server: str, cfg: Config, which: list[str]) -> list[Result]:
         results.append(await bench_peer(server, cfg))
     if "http" in which:
         results += await bench_http(server, cfg)
+    if "lag" in which:
+        results += await bench_lag(server, cfg)
+    if "rebuild" in which:
+        results += await bench_rebuild(server, cfg)
+    if "relay" in which:
+        with nats_url() as nats:
+            results.append(await bench_relay(server, nats, cfg))
     return results
 
 

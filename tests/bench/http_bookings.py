@@ -102,7 +102,9 @@ async def make_plan(services: Services) -> Plan:
         ).id
         for i in range(PATIENTS)
     ]
-    staff = await d.issue_token(ROOT, ActorKind.STAFF, None, place.id, label="bench desk")
+    staff = await services.credentials.issue_token(
+        ROOT, META, ActorKind.STAFF, None, place.id, label="bench desk"
+    )
     return Plan(staff.secret, practitioners, patients)
 
 

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from domain.ledger import LEDGER_ID
 from infra.http.keys import Services
 from tests.world import World
 
@@ -101,7 +102,12 @@ async def free_starts(
 
 
 async def log_position(services: Services) -> int:
-    """The last position of the event log: it must not move on a refusal."""
-    store = services.booking.repo.store  # type: ignore[attr-defined]
-    position: int = await store.last_position()
+    """The last position of the domain's events: it must not move on a refusal.
+
+    Access-ledger entries are left out: a refusal is itself an access to record.
+    """
+    position: int = await services.read.pool.fetchval(
+        "SELECT coalesce(max(position), 0) FROM carnet.events WHERE originator_id <> $1",
+        LEDGER_ID,
+    )
     return position
