@@ -149,7 +149,11 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     server = lib.get_server(pgdata, cleanup_mode=None)
     atexit.unregister(server._cleanup)
     pg = EmbeddedPostgres(pgdata, server)
-    pg.reused = reused
+    if reused:
+        # Another process started it and owns its lifetime: never stop it from here.
+        pg.reused = True
+        atexit.unregister(pg.stop)
+        pg._stopped = True
     logger.info("postgres ready (pid %s) at %s", pg.pid, pg.dsn)
     return pg
 

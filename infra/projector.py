@@ -166,7 +166,9 @@ class Projector:
                     self.name,
                 )
                 if row is None or row["state"] != "running":
+                    PROJECTION_RUNNING.labels(self.name).set(0)
                     return 0
+                PROJECTION_RUNNING.labels(self.name).set(1)
                 after = Checkpoint(int(row["tx"]), int(row["position"]))
                 events = await self.store.read_after(after, self.batch_size, conn)
                 if not events:

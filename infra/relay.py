@@ -181,6 +181,26 @@ class Relay:
             published += sent
 
     async def run(self, wake: asyncio.Event, idle: float = 0.5) -> None:
+        """Publish until cancelled, as the one active relay of this stream.
+
+        Every `carnet run` starts a relay; a session advisory lock per stream
+        lets one publish while the others stand by, so the stream's order is
+        the log's. If the lock's connection drops, another relay takes over.
+        """
+        key = (RELAY_LOCK, self.names.stream)
+        while True:
+            async with self.pool.acquire() as conn:
+                held = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", *key)
+                if not held:
+                    await asyncio.sleep(idle * 4)
+                    continue
+                try:
+                    await self._publish(wake, idle)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", *key)
+
+    async def _publish(self, wake: asyncio.Event, idle: float) -> None:
         """Publish until cancelled; back off while NATS is unreachable."""
         backoff = 0.1
         after: Checkpoint | None = None

@@ -65,6 +65,13 @@ class BookingService:
             raise_not_found()
         return appointment, decision.hidden
 
+    async def hidden_for(self, actor: Actor, appointment: Appointment) -> frozenset[str]:
+        """The fields of this appointment the actor may not see (integrations' masks)."""
+        if actor.kind is not ActorKind.INTEGRATION:
+            return frozenset()
+        scopes = await scopes_of(self.repo, actor, appointment.practitioner_id)
+        return decide(actor, Action.READ, _resource(appointment), scopes).hidden
+
     async def get_appointment(self, actor: Actor, appointment_id: UUID) -> Appointment:
         return (await self.read_appointment(actor, appointment_id))[0]
 

@@ -161,6 +161,19 @@ async def change_contact_details(request: web.Request) -> web.Response:
 APPOINTMENT_FIELDS = tuple(s.AppointmentOut.__struct_fields__)
 
 
+def _masked(shown: s.AppointmentOut, hidden: frozenset[str]) -> s.AppointmentOut:
+    return msgspec.structs.replace(shown, patient_id=None) if "patient_id" in hidden else shown
+
+
+async def _answer(
+    request: web.Request, appointment: Appointment, position: int, status: int = 200
+) -> web.Response:
+    """Render an appointment after a change: masked as a read would be, and noted."""
+    hidden = await services_of(request).booking.hidden_for(actor_of(request), appointment)
+    _note_appointments(request, [appointment], position, hidden)
+    return reply(_masked(appointment_out(appointment), hidden), status, position)
+
+
 def _note_appointments(
     request: web.Request,
     appointments: list[Appointment],
@@ -191,8 +204,7 @@ async def book(request: web.Request) -> web.Response:
         patient_id=body.patient_id,
         idempotency_key=key,
     )
-    _note_appointments(request, [booked.appointment], booked.position)
-    response = reply(appointment_out(booked.appointment), 201, booked.position)
+    response = await _answer(request, booked.appointment, booked.position, 201)
     response.headers["Location"] = f"/appointments/{booked.appointment.id}"
     if booked.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -204,11 +216,8 @@ async def get_appointment(request: web.Request) -> web.Response:
     found, hidden = await services_of(request).booking.read_appointment(
         actor_of(request), appointment_id
     )
-    shown = appointment_out(found)
-    if "patient_id" in hidden:
-        shown = msgspec.structs.replace(shown, patient_id=None)
     _note_appointments(request, [found], log_position(found), hidden)
-    return reply(shown)
+    return reply(_masked(appointment_out(found), hidden))
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -217,8 +226,7 @@ async def cancel(request: web.Request) -> web.Response:
     changed = await services_of(request).booking.cancel(
         actor_of(request), meta_of(request), appointment_id, body.reason
     )
-    _note_appointments(request, [changed.appointment], changed.position)
-    return reply(appointment_out(changed.appointment), 200, changed.position)
+    return await _answer(request, changed.appointment, changed.position)
 
 
 async def reschedule(request: web.Request) -> web.Response:
@@ -228,8 +236,7 @@ async def reschedule(request: web.Request) -> web.Response:
         actor_of(request), meta_of(request), appointment_id, body.start
     )
     note(request, record_ids=[appointment_id])  # the one it replaces changed too
-    _note_appointments(request, [booked.appointment], booked.position)
-    response = reply(appointment_out(booked.appointment), 201, booked.position)
+    response = await _answer(request, booked.appointment, booked.position, 201)
     response.headers["Location"] = f"/appointments/{booked.appointment.id}"
     return response
 
@@ -239,8 +246,7 @@ async def _mark(request: web.Request, outcome: str) -> web.Response:
     changed = await services_of(request).booking.mark(
         actor_of(request), meta_of(request), appointment_id, outcome
     )
-    _note_appointments(request, [changed.appointment], changed.position)
-    return reply(appointment_out(changed.appointment), 200, changed.position)
+    return await _answer(request, changed.appointment, changed.position)
 
 
 async def mark_noshow(request: web.Request) -> web.Response:

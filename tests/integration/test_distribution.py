@@ -169,3 +169,75 @@ async def test_after_a_nats_outage_the_stream_holds_every_event_once_and_in_orde
         await asyncio.gather(relaying, listening, return_exceptions=True)
         await nc.close()
         server.stop()
+
+
+async def test_two_relays_on_one_stream_publish_each_event_once_and_in_order(
+    pool, services: Services, world: World, tmp_path: Path
+):
+    server = embedded.start_nats(tmp_path / "nats")
+    names = StreamNames(f"T{uuid.uuid4().hex[:12].upper()}")
+    nc = await nats.connect(server.url)
+    waker = Waker()
+    relays = [Relay(pool, nc, names, batch_size=7) for _ in range(2)]
+    tasks = [asyncio.create_task(r.run(waker.event(), idle=0.02)) for r in relays]
+    tasks.append(asyncio.create_task(waker.listen(pool)))
+    store = services.booking.repo.store  # type: ignore[attr-defined]
+    try:
+        await run_workload(services, world, 80, seed=31)
+
+        async def relayed() -> bool:
+            return await relays[0].checkpoint() == await store.head()
+
+        await until(relayed)
+        in_log = [
+            r[0]
+            for r in await pool.fetch("SELECT position FROM carnet.events ORDER BY tx, position")
+        ]
+        assert await stream_positions(nc, names) == in_log
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await nc.close()
+        server.stop()
+
+
+async def test_a_nats_fed_worker_restarted_mid_stream_misses_nothing(
+    pool, services: Services, world: World, tmp_path: Path
+):
+    server = embedded.start_nats(tmp_path / "nats")
+    names = StreamNames(f"T{uuid.uuid4().hex[:12].upper()}")
+    nc = await nats.connect(server.url)
+    try:
+        await run_workload(services, world, 120, seed=41)
+        await Relay(pool, nc, names).catch_up()
+        total = await event_count(pool)
+        copy = Projector(pool, AGENDA, instance="agenda_nats")
+        # The first worker stops part-way; a second one picks up from its checkpoint.
+        for _ in range(2):
+            stop = asyncio.Event()
+            worker = asyncio.create_task(NatsProjector(copy, nc, names, 10).run(stop))
+
+            async def some() -> bool:
+                return await applied(pool, "agenda_nats") > 0
+
+            await until(some)
+            stop.set()
+            await worker
+        assert 0 < await applied(pool, "agenda_nats") <= total
+        stop = asyncio.Event()
+        worker = asyncio.create_task(NatsProjector(copy, nc, names, 50).run(stop))
+
+        async def all_applied() -> bool:
+            return await applied(pool, "agenda_nats") == total
+
+        await until(all_applied)
+        stop.set()
+        await worker
+        reference = Projector(pool, AGENDA)
+        await reference.ensure()
+        await reference.catch_up()
+        assert await dump(pool, copy) == await dump(pool, reference)
+    finally:
+        await nc.close()
+        server.stop()
