@@ -3,11 +3,14 @@
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil  # type: ignore[import-untyped]
 
 from infra.eventstore import EventStore
 from infra.http.keys import Services
@@ -44,6 +47,15 @@ class Servers:
         self.embedded.clear()
 
 
+def _alive_owner(owner: Path) -> bool:
+    """Whether the process that started the embedded server is still running."""
+    try:
+        pid = int(owner.read_text())
+    except (OSError, ValueError):
+        return False
+    return pid != os.getpid() and psutil.pid_exists(pid)
+
+
 def start_servers(settings: Settings, nats_needed: bool = True) -> Servers:
     """Use the servers the environment names; start embedded ones otherwise.
 
@@ -58,7 +70,11 @@ def start_servers(settings: Settings, nats_needed: bool = True) -> Servers:
     try:
         if not settings.database_url:
             pg = embedded.start_postgres(data_dir / "pg")
-            if not pg.reused:
+            owner = data_dir / "pg.owner"
+            if pg.reused and _alive_owner(owner):
+                pg.detach()  # e.g. `carnet tokens issue` beside a running `carnet run`
+            else:
+                owner.write_text(str(os.getpid()))  # ours now, crashed owner or none
                 servers.embedded.append(pg)
             servers.database_url = pg.dsn
         if not settings.nats_url and nats_needed:

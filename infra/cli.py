@@ -15,6 +15,7 @@ import asyncpg
 from aiohttp import web
 
 from domain.errors import DomainError
+from domain.ledger import LEDGER_ID
 from infra.bootstrap import (
     Servers,
     build_services,
@@ -25,6 +26,7 @@ from infra.bootstrap import (
 )
 from infra.http.app import create_app
 from infra.http.throttle import ThrottlePolicy
+from infra.ledger import verify_ledger
 from infra.nats_worker import NatsProjector
 from infra.natslink import NatsLink
 from infra.projector import Projector, statuses
@@ -201,6 +203,22 @@ async def _project(settings: Settings, servers: Servers, args: argparse.Namespac
         await _run_until_signalled(tasks)
 
 
+async def _verify(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    async with database(settings, servers) as pool:
+        finding = await verify_ledger(pool)
+        entries = await pool.fetchval(
+            "SELECT count(*) FROM carnet.events WHERE originator_id = $1", LEDGER_ID
+        )
+    if finding is None:
+        print(f"access ledger intact: {entries} entries, hash chain verified")
+        return
+    print(
+        f"access ledger TAMPERED: first bad entry is #{finding.version} "
+        f"({finding.kind}): {finding.detail}"
+    )
+    raise SystemExit(1)
+
+
 async def _run_until_signalled(tasks: list[asyncio.Task[None]]) -> None:
     stopping = asyncio.create_task(_until_signalled())
     done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -232,6 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     resume = p_sub.add_parser("resume", help="restart a projection stopped on an error")
     resume.add_argument("name")
     sub.add_parser("relay", help="publish the log to NATS JetStream")
+    sub.add_parser("verify", help="check the access ledger's hash chain")
     project = sub.add_parser("project", help="run one projection worker")
     project.add_argument("name")
     project.add_argument("--source", choices=["log", "nats"], default="log")
@@ -249,6 +268,7 @@ COMMANDS: dict[
     "projections": _projections,
     "relay": _relay,
     "project": _project,
+    "verify": _verify,
 }
 NEEDS_NATS = {"run", "relay", "project"}
 

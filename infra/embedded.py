@@ -81,6 +81,11 @@ class EmbeddedPostgres(_Server):
         self.reused = False
         atexit.register(self.stop)
 
+    def detach(self) -> None:
+        """Leave the server running when we exit: another process owns it."""
+        self._stopped = True
+        atexit.unregister(self.stop)
+
     def stop(self) -> None:
         if self._stopped:
             return
@@ -149,11 +154,7 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     server = lib.get_server(pgdata, cleanup_mode=None)
     atexit.unregister(server._cleanup)
     pg = EmbeddedPostgres(pgdata, server)
-    if reused:
-        # Another process started it and owns its lifetime: never stop it from here.
-        pg.reused = True
-        atexit.unregister(pg.stop)
-        pg._stopped = True
+    pg.reused = reused
     logger.info("postgres ready (pid %s) at %s", pg.pid, pg.dsn)
     return pg
 

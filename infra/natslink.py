@@ -29,15 +29,13 @@ class NatsLink:
 
     async def connect_once(self) -> bool:
         try:
-            self.nc = await asyncio.wait_for(
-                nats.connect(
+            async with asyncio.timeout(5):
+                self.nc = await nats.connect(
                     self.url,
                     connect_timeout=2,
                     max_reconnect_attempts=-1,
                     error_cb=self._quiet,
-                ),
-                5,
-            )
+                )
         except Exception as e:  # unreachable now; writes must not wait for it
             log.warning("NATS unreachable at %s (%s)", self.url, e)
             return False

@@ -3,20 +3,23 @@ one transaction, stops loudly on an event it cannot apply, rebuilds into
 shadow tables and swaps them in atomically."""
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+from eventsourcing.utils import get_topic
 
+from domain.ledger import AccessRecorded
 from infra.codec import TypedMapper
 from infra.eventstore import Checkpoint, Connection, EventStore, RecordedEvent
 from infra.metrics import PROJECTION_APPLIED, PROJECTION_POSITION, PROJECTION_RUNNING
+from infra.waker import sleep_until
 from projections import READ_SCHEMA, Op, Projection, Tables
 
 log = logging.getLogger("carnet.projector")
+LEDGER_TOPIC = get_topic(AccessRecorded)
 
 CHECKPOINTS = f"{READ_SCHEMA}.projections"
 _DDL = f"""
@@ -123,7 +126,10 @@ class Projector:
 
         ops: list[tuple[RecordedEvent, Op]] = []
         failed: tuple[RecordedEvent, Exception] | None = None
+        reads_ledger = getattr(self.projection, "reads_ledger", False)
         for recorded in events:
+            if recorded.topic == LEDGER_TOPIC and not reads_ledger:
+                continue  # the ledger outnumbers everything; most models ignore it
             try:
                 event = self.mapper.to_domain_event(recorded.stored())
                 ops += [(recorded, op) for op in self.projection.apply(event, tables)]
@@ -286,8 +292,7 @@ class Projector:
             except Exception as e:
                 log.warning("projection %s: %s; retrying", self.name, e)
             wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), idle)
+            await sleep_until(wake, idle)
 
     async def rebuild(self) -> int:
         """Build from zero into shadow tables while the live ones serve, then swap."""

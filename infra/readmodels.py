@@ -9,12 +9,23 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from eventsourcing.persistence import StoredEvent
 
+from domain.ledger import LEDGER_ID, AccessRecord
 from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
+from infra.codec import TypedMapper
 from infra.eventstore import Checkpoint, EventStore
 from infra.projector import CHECKPOINTS
+from infra.schema import SCHEMA
 from projections import READ_SCHEMA
-from services.ports import AgendaEntry, EstablishmentRow, PatientAppointment, PractitionerRow
+from services.ports import (
+    AccessLogEntry,
+    AgendaEntry,
+    EstablishmentRow,
+    LedgerQuery,
+    PatientAppointment,
+    PractitionerRow,
+)
 
 T = TypeVar("T")
 
@@ -52,6 +63,7 @@ class PostgresReadModels:
     def __init__(self, pool: asyncpg.Pool, max_wait: float = 5.0) -> None:
         self.pool = pool
         self.store = EventStore(pool)
+        self.mapper = TypedMapper()
         self.max_wait = max_wait  # how long a read-your-writes request may wait
 
     async def wait_for(
@@ -174,6 +186,44 @@ class PostgresReadModels:
             day,
         )
         return owner, [AgendaEntry(*r) for r in rows]
+
+    async def access_log(self, patient_id: UUID, limit: int) -> list[AccessLogEntry]:
+        rows = await self.pool.fetch(
+            f"""SELECT sequence, at, actor, action, resource_type, outcome, fields
+            FROM {_table("access_log", "entries")}
+            WHERE patient_id = $1 ORDER BY sequence DESC LIMIT $2""",
+            patient_id,
+            limit,
+        )
+        return [AccessLogEntry(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6])) for r in rows]
+
+    async def ledger_entries(self, query: LedgerQuery) -> list[tuple[int, AccessRecord]]:
+        """Straight from the log (the ledger is the evidence, not a projection of it)."""
+        rows = await self.pool.fetch(
+            f"""SELECT originator_version, topic, state FROM {SCHEMA}.events e,
+                LATERAL (SELECT convert_from(e.state, 'UTF8')::jsonb -> 'record' AS r) j
+            WHERE originator_id = $1
+              AND ($2::text IS NULL OR j.r ->> 'actor_id' = $2)
+              AND ($3::text IS NULL OR j.r ->> 'token_id' = $3)
+              AND ($4::text IS NULL OR j.r -> 'patient_ids' ? $4)
+              AND ($5::text IS NULL OR j.r -> 'record_ids' ? $5)
+              AND ($6::timestamptz IS NULL OR (j.r ->> 'at')::timestamptz >= $6)
+              AND ($7::timestamptz IS NULL OR (j.r ->> 'at')::timestamptz < $7)
+            ORDER BY originator_version LIMIT $8""",
+            LEDGER_ID,
+            query.actor_id,
+            query.token_id,
+            query.patient_id,
+            query.record_id,
+            query.since,
+            query.until,
+            query.limit,
+        )
+        found = []
+        for version, topic, state in rows:
+            event = self.mapper.to_domain_event(StoredEvent(LEDGER_ID, version, topic, state))
+            found.append((version, event.record))
+        return found
 
     async def patient_appointments(self, patient_id: UUID) -> list[PatientAppointment]:
         rows = await self.pool.fetch(

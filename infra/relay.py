@@ -23,6 +23,7 @@ from nats.js.client import JetStreamContext
 from infra.eventstore import Checkpoint, EventStore, RecordedEvent
 from infra.metrics import RELAY_PUBLISHED
 from infra.schema import SCHEMA
+from infra.waker import sleep_until
 
 log = logging.getLogger("carnet.relay")
 
@@ -165,7 +166,8 @@ class Relay:
             for e in events
         ]
         # An ack that never comes (NATS went away mid-batch) must not hang us.
-        await asyncio.wait_for(asyncio.gather(*acks), self.ack_timeout)
+        async with asyncio.timeout(self.ack_timeout):
+            await asyncio.gather(*acks)
         checkpoint = events[-1].checkpoint
         await self._save(checkpoint)  # only after every PubAck
         RELAY_PUBLISHED.inc(len(events))
@@ -221,5 +223,4 @@ class Relay:
                 backoff = min(backoff * 2, 5.0)
                 continue
             wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), idle)
+            await sleep_until(wake, idle)

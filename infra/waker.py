@@ -12,6 +12,18 @@ from infra.eventstore import CHANNEL
 log = logging.getLogger("carnet.waker")
 
 
+async def sleep_until(wake: asyncio.Event, idle: float) -> None:
+    """Wait for a wake-up, or `idle` seconds, whichever comes first.
+
+    Not `asyncio.wait_for(wake.wait(), idle)`: on Python 3.11 that swallows a
+    cancellation arriving as the timeout fires, and a cancelled worker then
+    loops on for ever. `asyncio.timeout` does not.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(idle):
+            await wake.wait()
+
+
 class Waker:
     def __init__(self) -> None:
         self._events: list[asyncio.Event] = []

@@ -1,5 +1,6 @@
 """Read models: one module per read model, each a pure projection of the log."""
 
+from projections.access_log import AccessLogProjection
 from projections.agenda import AgendaProjection
 from projections.availability import AvailabilityProjection
 from projections.base import Op, Projection, Tables
@@ -15,6 +16,7 @@ def all_projections() -> list[Projection]:
         AvailabilityProjection(),
         AgendaProjection(),
         PatientViewProjection(),
+        AccessLogProjection(),
     ]
 
 

@@ -165,6 +165,30 @@ class PatientAppointment:
     replaced_by: UUID | None
 
 
+@dataclass(frozen=True)
+class AccessLogEntry:
+    """One line of a patient's access log, in words a patient understands."""
+
+    sequence: int
+    at: datetime
+    actor: str
+    action: str
+    resource_type: str
+    outcome: str
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LedgerQuery:
+    actor_id: str | None = None
+    token_id: str | None = None
+    patient_id: str | None = None
+    record_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 500
+
+
 class ReadModels(Protocol):
     async def establishment(self, establishment_id: UUID) -> EstablishmentRow | None:
         """One establishment from the directory."""
@@ -195,3 +219,9 @@ class ReadModels(Protocol):
 
     async def patient_appointments(self, patient_id: UUID) -> list[PatientAppointment]:
         """A patient's appointments, soonest first."""
+
+    async def access_log(self, patient_id: UUID, limit: int) -> list[AccessLogEntry]:
+        """Who touched this patient's data, newest first."""
+
+    async def ledger_entries(self, query: LedgerQuery) -> list[tuple[int, AccessRecord]]:
+        """Access-ledger entries (sequence, record) matching the query, in order."""

@@ -6,15 +6,18 @@ from datetime import date, timedelta
 from uuid import UUID
 
 from domain.calendar import free_slots, opening_intervals
-from domain.errors import InvalidValue, NotFound
+from domain.errors import Forbidden, InvalidValue, NotFound
+from domain.ledger import AccessRecord
 from domain.values import Interval, Motive
-from services.actors import Actor
+from services.actors import Actor, ActorKind
 from services.common import require
 from services.policy import Action, Kind, Resource
 from services.ports import (
+    AccessLogEntry,
     AgendaEntry,
     Clock,
     EstablishmentRow,
+    LedgerQuery,
     PatientAppointment,
     PractitionerRow,
     ReadModels,
@@ -157,3 +160,17 @@ class QueryService:
     ) -> list[PatientAppointment]:
         require(actor, Action.READ, Resource(Kind.PATIENT, patient_id=patient_id), "patient_id")
         return await self.read.patient_appointments(patient_id)
+
+    async def access_log(self, actor: Actor) -> list[AccessLogEntry]:
+        """GET /me/access-log: only a patient has one, and only their own."""
+        if actor.kind is not ActorKind.PATIENT:
+            raise Forbidden("only a patient's own token reads their access log")
+        return await self.read.access_log(actor.id, 500)
+
+    async def ledger(
+        self, actor: Actor, query: LedgerQuery
+    ) -> list[tuple[int, AccessRecord]]:
+        """The access ledger, for the data-protection team (and admins)."""
+        if actor.kind not in (ActorKind.ANALYST, ActorKind.ADMIN):
+            raise Forbidden("only analysts read the access ledger")
+        return await self.read.ledger_entries(query)

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from infra.http import credentials as c
 from infra.http import handlers as h
+from infra.http import ledger_routes as lg
 from infra.http import reads as r
 from infra.http import schemas as s
 from infra.http.audit import Audit, audited
@@ -40,6 +41,27 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/me/access-log",
+        lg.my_access_log,
+        "Who saw or changed my data, when, and what (patients)",
+        "patients",
+        s.AccessLogOut,
+        errors=(401, 403, 503),
+        audit=Audit("access-log", "read"),
+    ),
+    Route(
+        "GET",
+        "/ledger",
+        lg.ledger,
+        "The access ledger, filtered (analysts); reading it is recorded in it",
+        "analysts",
+        s.LedgerOut,
+        query=s.LedgerQueryIn,
+        errors=(400, 401, 403, 503),
+        audit=Audit("access-log", "search"),
+    ),
     Route(
         "GET",
         "/establishments",

@@ -342,3 +342,50 @@ class GrantOut(Out):
     practitioner_id: UUID
     integration_id: UUID
     scopes: list[str]
+
+
+class AccessLogEntryOut(Out):
+    at: datetime
+    actor: str  # the practitioner, the establishment's desk, the software's name
+    action: str
+    resource_type: str
+    outcome: str
+    fields: list[str]
+
+
+class AccessLogOut(Out):
+    entries: list[AccessLogEntryOut]
+
+
+class LedgerQueryIn(Strict):
+    actor_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    token_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    patient_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    record_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    from_: datetime | None = msgspec.field(name="from", default=None)
+    to: datetime | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 500
+
+
+class LedgerEntryOut(Out):
+    sequence: int
+    actor_kind: str
+    actor_id: str
+    token_id: str | None
+    integration_id: str | None
+    action: str
+    resource_type: str
+    record_ids: list[str]
+    patient_ids: list[str]
+    fields: list[str]
+    purpose: str
+    outcome: str
+    at: datetime
+    request_id: str
+    client_ip: str
+    user_agent: str
+    as_of: int
+
+
+class LedgerOut(Out):
+    entries: list[LedgerEntryOut]

@@ -1,0 +1,75 @@
+"""The patient's access log: who saw or changed their data, when, and what.
+
+Fed by the access ledger. Actors are named as a person would know them (the
+practitioner, the establishment's desk, the software's name), from the
+tokens' own events; token ids never reach this table.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from projections.base import Op
+from projections.common import kind
+
+LABELS = {
+    "patient": "You",
+    "admin": "Carnet administration",
+    "analyst": "Carnet data-protection team",
+    "operator": "Carnet operations",
+}
+
+
+class AccessLogProjection:
+    name = "access_log"
+    tables: tuple[str, ...] = ("actors", "entries")
+    reads_ledger = True
+
+    def ddl(self, t: Mapping[str, str]) -> list[str]:
+        return [
+            f"""CREATE TABLE {t["actors"]} (
+                token_id uuid PRIMARY KEY, label text NOT NULL)""",
+            f"""CREATE TABLE {t["entries"]} (
+                sequence bigint NOT NULL, patient_id uuid NOT NULL, at timestamptz NOT NULL,
+                actor text NOT NULL, action text NOT NULL, resource_type text NOT NULL,
+                outcome text NOT NULL, fields text[] NOT NULL,
+                PRIMARY KEY (patient_id, sequence))""",
+        ]
+
+    def apply(self, event: Any, t: Mapping[str, str]) -> list[Op]:
+        match kind(event):
+            case "Token.Issued":
+                label = LABELS.get(event.actor_kind, event.display_name)
+                return [
+                    Op(
+                        f"INSERT INTO {t['actors']} VALUES ($1, $2) "
+                        "ON CONFLICT (token_id) DO NOTHING",
+                        (event.originator_id, label),
+                    )
+                ]
+            case "AccessRecorded":
+                record = event.record
+                if not record.patient_ids:
+                    return []
+                fallback = LABELS.get(record.actor_kind, record.actor_kind)
+                return [
+                    Op(
+                        f"""INSERT INTO {t["entries"]}
+                        SELECT $1, p::uuid, $3, coalesce(
+                            (SELECT label FROM {t["actors"]} WHERE token_id = $4::uuid), $5),
+                            $6, $7, $8, $9
+                        FROM unnest($2::text[]) AS p
+                        ON CONFLICT DO NOTHING""",
+                        (
+                            event.originator_version,
+                            list(record.patient_ids),
+                            record.at,
+                            record.token_id,
+                            fallback,
+                            record.action,
+                            record.resource_type,
+                            record.outcome,
+                            list(record.fields),
+                        ),
+                    )
+                ]
+        return []
