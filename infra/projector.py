@@ -4,7 +4,7 @@ shadow tables and swaps them in atomically."""
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -163,20 +163,43 @@ class Projector:
 
     async def run_once(self) -> int:
         """Apply the next batch; return how many events it held (0: caught up or stopped)."""
+
+        async def next_batch(conn: Connection, after: Checkpoint) -> Sequence[RecordedEvent]:
+            return await self.store.read_after(after, self.batch_size, conn)
+
+        return await self._locked_apply(next_batch, stopped_is_error=False)
+
+    async def apply_recorded(self, events: Sequence[RecordedEvent]) -> int:
+        """Apply events delivered from elsewhere (NATS), skipping any already applied."""
+
+        async def fresh(conn: Connection, after: Checkpoint) -> Sequence[RecordedEvent]:
+            return [e for e in events if e.checkpoint > after]
+
+        return await self._locked_apply(fresh, stopped_is_error=True)
+
+    async def _locked_apply(
+        self,
+        choose: Callable[[Connection, Checkpoint], Awaitable[Sequence[RecordedEvent]]],
+        stopped_is_error: bool,
+    ) -> int:
+        """Lock the checkpoint row, apply the chosen events and advance, in one transaction.
+
+        The row lock serialises workers of one projection: a second worker
+        waits here, then sees the advanced checkpoint.
+        """
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                # The row lock serialises workers of one projection: a second
-                # worker waits here, then sees the advanced checkpoint.
                 row = await conn.fetchrow(
                     f"SELECT tx, position, state FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE",
                     self.name,
                 )
                 if row is None or row["state"] != "running":
                     PROJECTION_RUNNING.labels(self.name).set(0)
+                    if stopped_is_error:
+                        raise ProjectionStopped(self.name)
                     return 0
                 PROJECTION_RUNNING.labels(self.name).set(1)
-                after = Checkpoint(int(row["tx"]), int(row["position"]))
-                events = await self.store.read_after(after, self.batch_size, conn)
+                events = await choose(conn, Checkpoint(int(row["tx"]), int(row["position"])))
                 if not events:
                     return 0
                 await self._apply(conn, events, self._logical(self.tables()))
@@ -197,39 +220,6 @@ class Projector:
         PROJECTION_APPLIED.labels(self.name).inc(len(events))
         PROJECTION_POSITION.labels(self.name).set(events[-1].position)
         return len(events)
-
-    async def apply_recorded(self, events: Sequence[RecordedEvent]) -> int:
-        """Apply events delivered from elsewhere (NATS), skipping any already applied."""
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(
-                    f"SELECT tx, position, state FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE",
-                    self.name,
-                )
-                if row is None or row["state"] != "running":
-                    raise ProjectionStopped(self.name)
-                after = Checkpoint(int(row["tx"]), int(row["position"]))
-                fresh = [e for e in events if e.checkpoint > after]
-                if not fresh:
-                    return 0
-                await self._apply(conn, fresh, self._logical(self.tables()))
-                last = fresh[-1]
-                await conn.execute(
-                    f"""UPDATE {CHECKPOINTS} SET tx = $2, position = $3,
-                        applied = applied + $4, last_event_at = $5, updated_at = now()
-                    WHERE name = $1""",
-                    self.name,
-                    last.tx,
-                    last.position,
-                    len(fresh),
-                    last.recorded_at,
-                )
-        except ProjectionFailed as e:
-            await self._stop(str(e))
-            raise
-        PROJECTION_APPLIED.labels(self.name).inc(len(fresh))
-        PROJECTION_POSITION.labels(self.name).set(fresh[-1].position)
-        return len(fresh)
 
     async def _stop(self, error: str) -> None:
         log.error("%s", error)

@@ -1,5 +1,5 @@
 import asyncio
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from uuid import uuid4
 
 import asyncpg
@@ -17,6 +17,20 @@ from services.ports import Idempotency, Metadata, VersionConflict
 from tests.conftest import T0
 
 META = Metadata(actor_kind="staff", actor_id="s-1", request_id="r-1", correlation_id="c-1")
+
+
+def book_at(day: AgendaDay, start: datetime) -> Appointment:
+    """A 20-minute booking for someone on `day`; the caller saves it."""
+    return agenda.book(
+        day,
+        patient_id=uuid4(),
+        establishment_id=uuid4(),
+        motive_id="m",
+        duration_minutes=20,
+        start=start,
+        end=start + timedelta(minutes=20),
+        source=Source.PATIENT,
+    )
 
 
 async def readable(store: EventStore, n: int) -> list[RecordedEvent]:
@@ -64,27 +78,9 @@ async def test_a_stale_version_raises_the_stores_conflict_error(pool):
     second = await repo.get(AgendaDay, day.id)
     assert first is not None and second is not None
     start = T0 + timedelta(days=1)
-    agenda.book(
-        first,
-        patient_id=uuid4(),
-        establishment_id=uuid4(),
-        motive_id="m",
-        duration_minutes=20,
-        start=start,
-        end=start + timedelta(minutes=20),
-        source=Source.PATIENT,
-    )
+    book_at(first, start)
     other = start + timedelta(hours=1)
-    agenda.book(
-        second,
-        patient_id=uuid4(),
-        establishment_id=uuid4(),
-        motive_id="m",
-        duration_minutes=20,
-        start=other,
-        end=other + timedelta(minutes=20),
-        source=Source.PATIENT,
-    )
+    book_at(second, other)
     await repo.save([first], META)
     with pytest.raises(VersionConflict):
         await repo.save([second], META)
@@ -101,28 +97,10 @@ async def test_a_multi_aggregate_append_is_all_or_nothing(pool):
     winner = await repo.get(AgendaDay, day.id)
     assert winner is not None
     start = T0 + timedelta(days=1)
-    agenda.book(
-        winner,
-        patient_id=uuid4(),
-        establishment_id=uuid4(),
-        motive_id="m",
-        duration_minutes=20,
-        start=start,
-        end=start + timedelta(minutes=20),
-        source=Source.PATIENT,
-    )
+    book_at(winner, start)
     await repo.save([winner], META)
     before = await count(pool)
-    appointment = agenda.book(
-        stale,
-        patient_id=uuid4(),
-        establishment_id=uuid4(),
-        motive_id="m",
-        duration_minutes=20,
-        start=start + timedelta(hours=1),
-        end=start + timedelta(hours=1, minutes=20),
-        source=Source.PATIENT,
-    )
+    appointment = book_at(stale, start + timedelta(hours=1))
     with pytest.raises(VersionConflict):
         await repo.save([appointment, stale], META)
     assert await count(pool) == before
