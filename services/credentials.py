@@ -11,7 +11,7 @@ from domain.directory import Establishment, Patient, Practitioner
 from domain.errors import Forbidden, InvalidValue, NotFound
 from services.actors import Actor, ActorKind
 from services.common import get_or_404, require, retrying
-from services.policy import Action, Kind, Resource
+from services.policy import Action, Kind, Resource, allowed
 from services.ports import Clock, Metadata, Repository, TokenStore
 
 TOKEN_PREFIX = "carnet_"
@@ -46,7 +46,7 @@ class CredentialService:
         valid_days: int | None = None,
     ) -> IssuedToken:
         """Bind a new random bearer token to an actor; only its hash is kept."""
-        if actor.kind is not ActorKind.ADMIN:
+        if not allowed(actor, Action.CREATE, Resource(Kind.TOKEN)):
             raise Forbidden("only an admin issues tokens")
         display_name = label
         if kind in (ActorKind.PATIENT, ActorKind.PRACTITIONER):
@@ -121,8 +121,7 @@ class CredentialService:
 
     async def revoke_token(self, actor: Actor, meta: Metadata, token_id: UUID, reason: str) -> int:
         """An admin revokes any token; anyone may revoke their own."""
-        if actor.kind is not ActorKind.ADMIN and actor.token_id != token_id:
-            raise NotFound("no such token", field="token_id")
+        require(actor, Action.CANCEL, Resource(Kind.TOKEN, token_id=token_id), "token_id")
 
         async def attempt() -> int:
             token = await self._token(token_id)
@@ -156,7 +155,7 @@ class CredentialService:
         return await retrying(attempt)
 
     async def lift_suspension(self, actor: Actor, meta: Metadata, token_id: UUID) -> int:
-        if actor.kind is not ActorKind.ADMIN:
+        if not allowed(actor, Action.MANAGE, Resource(Kind.TOKEN, token_id=token_id)):
             raise Forbidden("only an admin lifts a suspension")
 
         async def attempt() -> int:

@@ -7,7 +7,7 @@ from uuid import UUID
 from domain.directory import Establishment, Patient, Practitioner
 from domain.errors import Forbidden, InvalidValue, NotFound
 from domain.values import Absence, BookingPolicy, Motive, OpeningHours, Sex
-from services.actors import Actor, ActorKind
+from services.actors import Actor
 from services.common import get_or_404, require, retrying
 from services.policy import Action, Kind, Resource, allowed
 from services.ports import Clock, Metadata, Repository
@@ -29,7 +29,7 @@ class DirectoryService:
     async def register_establishment(
         self, actor: Actor, meta: Metadata, name: str, address: str, city: str, timezone: str
     ) -> Saved:
-        if actor.kind is not ActorKind.ADMIN:
+        if not allowed(actor, Action.CREATE, Resource(Kind.ESTABLISHMENT)):
             raise Forbidden("only an admin registers establishments")
         establishment = Establishment.register(name, address, city, timezone)
         return Saved(establishment.id, await self.repo.save([establishment], meta))

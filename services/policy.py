@@ -31,6 +31,7 @@ class Kind(enum.StrEnum):
     AGENDA = "agenda"
     AVAILABILITY = "availability"
     TOKEN = "token"
+    ACCESS_LOG = "access-log"  # the access ledger, or a patient's view of it
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Resource:
     patient_id: UUID | None = None
     practitioner_id: UUID | None = None
     establishment_id: UUID | None = None
+    token_id: UUID | None = None
 
 
 # Public directory data: any authenticated actor may read it.
@@ -67,6 +69,18 @@ def decide(
         return Decision(True)
     if action is Action.READ and resource.kind in _PUBLIC:
         return Decision(True)
+    if resource.kind is Kind.TOKEN:
+        # Anyone may revoke (cancel) their own token; issuing and lifting are an admin's.
+        return Decision(action is Action.CANCEL and resource.token_id == actor.token_id)
+    if resource.kind is Kind.ACCESS_LOG:
+        # Analysts read the whole ledger; a patient reads the entries about them.
+        return Decision(
+            action is Action.READ
+            and (
+                actor.kind is ActorKind.ANALYST
+                or (actor.kind is ActorKind.PATIENT and resource.patient_id == actor.id)
+            )
+        )
     match actor.kind:
         case ActorKind.PATIENT:
             return Decision(_patient(actor, action, resource))

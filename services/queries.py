@@ -9,9 +9,9 @@ from domain.calendar import free_slots, opening_intervals
 from domain.errors import Forbidden, InvalidValue, NotFound
 from domain.ledger import AccessRecord
 from domain.values import Interval, Motive
-from services.actors import Actor, ActorKind
+from services.actors import Actor
 from services.common import require
-from services.policy import Action, Kind, Resource
+from services.policy import Action, Kind, Resource, allowed
 from services.ports import (
     AccessLogEntry,
     AgendaEntry,
@@ -57,15 +57,18 @@ class QueryService:
         self.scopes = scopes
 
     async def establishment(self, actor: Actor, establishment_id: UUID) -> EstablishmentRow:
+        require(actor, Action.READ, Resource(Kind.ESTABLISHMENT), "establishment_id")
         found = await self.read.establishment(establishment_id)
         if found is None:
             raise NotFound("no such establishment", field="establishment_id")
         return found
 
     async def establishments(self, actor: Actor, city: str | None) -> list[EstablishmentRow]:
+        require(actor, Action.READ, Resource(Kind.ESTABLISHMENT), "city")
         return await self.read.establishments(city, MAX_RESULTS)
 
     async def practitioner(self, actor: Actor, practitioner_id: UUID) -> PractitionerRow:
+        require(actor, Action.READ, Resource(Kind.PRACTITIONER), "practitioner_id")
         found = await self.read.practitioners("directory", ids=[practitioner_id])
         if not found:
             raise NotFound("no such practitioner", field="practitioner_id")
@@ -74,6 +77,7 @@ class QueryService:
     async def practitioners(
         self, actor: Actor, specialty: str | None, city: str | None
     ) -> list[PractitionerRow]:
+        require(actor, Action.READ, Resource(Kind.PRACTITIONER), "specialty")
         return await self.read.practitioners(
             "directory", specialty=specialty, city=city, limit=MAX_RESULTS
         )
@@ -91,6 +95,7 @@ class QueryService:
     ) -> list[Offer]:
         """Free slots by practitioner, for one motive (or each one's first bookable one)."""
         _check_range(first, last)
+        require(actor, Action.READ, Resource(Kind.AVAILABILITY), "practitioner_id")
         practitioners = await self.read.practitioners(
             "availability",
             ids=[practitioner_id] if practitioner_id else None,
@@ -163,14 +168,12 @@ class QueryService:
 
     async def access_log(self, actor: Actor) -> list[AccessLogEntry]:
         """GET /me/access-log: only a patient has one, and only their own."""
-        if actor.kind is not ActorKind.PATIENT:
+        if not allowed(actor, Action.READ, Resource(Kind.ACCESS_LOG, patient_id=actor.id)):
             raise Forbidden("only a patient's own token reads their access log")
         return await self.read.access_log(actor.id, 500)
 
-    async def ledger(
-        self, actor: Actor, query: LedgerQuery
-    ) -> list[tuple[int, AccessRecord]]:
+    async def ledger(self, actor: Actor, query: LedgerQuery) -> list[tuple[int, AccessRecord]]:
         """The access ledger, for the data-protection team (and admins)."""
-        if actor.kind not in (ActorKind.ANALYST, ActorKind.ADMIN):
+        if not allowed(actor, Action.READ, Resource(Kind.ACCESS_LOG)):
             raise Forbidden("only analysts read the access ledger")
         return await self.read.ledger_entries(query)

@@ -3,7 +3,7 @@ from uuid import uuid4
 import pytest
 
 from services.actors import Actor, ActorKind
-from services.policy import Action, Kind, Resource, allowed
+from services.policy import Action, Kind, Resource, allowed, decide
 
 PATIENT, OTHER_PATIENT = uuid4(), uuid4()
 DOCTOR, OTHER_DOCTOR = uuid4(), uuid4()
@@ -61,3 +61,40 @@ def test_directory_and_availability_are_public_to_any_authenticated_actor():
     for kind in ActorKind:
         assert allowed(actor(kind), Action.READ, Resource(Kind.AVAILABILITY))
         assert allowed(actor(kind), Action.READ, Resource(Kind.PRACTITIONER))
+
+
+def test_an_integration_needs_a_grant_and_sees_no_identity_without_contact_scope():
+    software = actor(ActorKind.INTEGRATION)
+    assert not allowed(software, Action.READ, APPOINTMENT)
+    reading = decide(software, Action.READ, APPOINTMENT, frozenset({"agenda:read"}))
+    assert reading.allowed and {"patient_id", "patient_name"} <= reading.hidden
+    full = decide(
+        software, Action.READ, APPOINTMENT, frozenset({"agenda:read", "patients:contact:read"})
+    )
+    assert full.allowed and full.hidden == frozenset()
+    assert not allowed(software, Action.BOOK, APPOINTMENT, frozenset({"agenda:read"}))
+    assert allowed(software, Action.BOOK, APPOINTMENT, frozenset({"appointments:write"}))
+    assert not allowed(
+        software,
+        Action.READ,
+        Resource(Kind.PATIENT, patient_id=PATIENT),
+        frozenset({"agenda:read", "patients:contact:read"}),
+    )
+
+
+def test_anyone_may_revoke_their_own_token_but_only_an_admin_issues_or_lifts():
+    token = uuid4()
+    me = Actor(ActorKind.PATIENT, PATIENT, token_id=token)
+    assert allowed(me, Action.CANCEL, Resource(Kind.TOKEN, token_id=token))
+    assert not allowed(me, Action.CANCEL, Resource(Kind.TOKEN, token_id=uuid4()))
+    assert not allowed(me, Action.MANAGE, Resource(Kind.TOKEN, token_id=token))
+    assert not allowed(me, Action.CREATE, Resource(Kind.TOKEN))
+    assert allowed(actor(ActorKind.ADMIN), Action.MANAGE, Resource(Kind.TOKEN, token_id=token))
+
+
+def test_the_ledger_is_read_by_analysts_and_each_patient_reads_their_own_entries():
+    assert allowed(actor(ActorKind.ANALYST), Action.READ, Resource(Kind.ACCESS_LOG))
+    assert not allowed(actor(ActorKind.OPERATOR), Action.READ, Resource(Kind.ACCESS_LOG))
+    me = actor(ActorKind.PATIENT, PATIENT)
+    assert allowed(me, Action.READ, Resource(Kind.ACCESS_LOG, patient_id=PATIENT))
+    assert not allowed(me, Action.READ, Resource(Kind.ACCESS_LOG, patient_id=OTHER_PATIENT))
