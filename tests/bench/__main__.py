@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 
 from tests.bench.append import bench_append
+from tests.bench.audit import bench_audit, bench_ledger
 from tests.bench.common import (
     QUICK,
     Config,
@@ -30,7 +31,7 @@ from tests.bench.peer import bench_peer
 from tests.bench.rebuild import bench_rebuild
 from tests.bench.relay import bench_relay
 
-BENCHMARKS = ("append", "peer", "http", "lag", "rebuild", "relay")
+BENCHMARKS = ("append", "peer", "http", "lag", "rebuild", "relay", "audit", "ledger")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
@@ -42,19 +43,33 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
     parser.add_argument(
         "--diagnose",
         action="store_true",
-        help="always print the breakdowns of [1] (append) and [5] (rebuild)",
+        help="always print the breakdowns of [1] (append) and [5] (rebuild); [7]: add a "
+        "server whose ledger does all but its INSERT",
     )
     parser.add_argument(
-        "--profile-server", metavar="FILE", help="benchmark 3: cProfile the app server into FILE"
+        "--profile-server",
+        metavar="FILE",
+        help="benchmarks 3 and 7: cProfile the app server(s) into FILE.0 (7: FILE.on.0, "
+        "FILE.off.0)",
     )
     parser.add_argument(
         "--http-workers", type=int, help="benchmark 3: server processes on one port (default 1)"
     )
     parser.add_argument("--concurrency", type=int, help="tasks/threads/clients (default 16)")
     parser.add_argument(
+        "--audit-clients", type=int, help="benchmark 7: concurrent agenda readers (default 64)"
+    )
+    parser.add_argument(
         "--lag-rate",
         type=float,
         help="benchmark 4: a fixed steady booking rate (/s) instead of half the measured max",
+    )
+    parser.add_argument(
+        "--ledger-interval",
+        type=float,
+        metavar="SECONDS",
+        help="benchmarks 7 and 8: the ledger's group-commit interval instead of the app's "
+        "default (0.002), to compare settings",
     )
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else Config()
@@ -66,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
         cfg = dataclasses.replace(cfg, http_workers=args.http_workers)
     if args.concurrency:
         cfg = dataclasses.replace(cfg, concurrency=args.concurrency)
+    if args.ledger_interval is not None:
+        cfg = dataclasses.replace(cfg, ledger_interval=args.ledger_interval)
+    if args.audit_clients:
+        cfg = dataclasses.replace(cfg, audit_clients=args.audit_clients)
     if args.lag_rate:
         cfg = dataclasses.replace(cfg, lag_rate=args.lag_rate)
     return cfg, args.only or list(BENCHMARKS)
@@ -87,6 +106,10 @@ async def run(server: str, cfg: Config, which: list[str]) -> list[Result]:
     if "relay" in which:
         with nats_url() as nats:
             results.append(await bench_relay(server, nats, cfg))
+    if "audit" in which:
+        results += await bench_audit(server, cfg)
+    if "ledger" in which:
+        results += await bench_ledger(server, cfg)
     return results
 
 

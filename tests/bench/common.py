@@ -50,6 +50,13 @@ class Config:
     rebuild_rounds: int = 3
     relay_bookings: int = 9000  # benchmark 6: about 2.2 events each
     relay_rounds: int = 5
+    audit_clients: int = 64  # benchmark 7: concurrent readers of the agenda
+    audit_seconds: float = 3.0  # benchmark 7: one measurement of one side
+    audit_rounds: int = 6
+    ledger_callers: tuple[int, ...] = (1, 10, 50, 200)  # benchmark 8: concurrent record() calls
+    ledger_seconds: float = 1.5  # benchmark 8: one measurement of one side at one level
+    ledger_rounds: int = 2
+    ledger_interval: float | None = None  # benchmarks 7, 8: Ledger(interval=…) instead of default
 
 
 QUICK = Config(
@@ -68,6 +75,10 @@ QUICK = Config(
     rebuild_rounds=1,
     relay_bookings=2500,
     relay_rounds=1,
+    audit_seconds=1.5,
+    audit_rounds=2,
+    ledger_seconds=0.75,
+    ledger_rounds=1,
 )
 
 

@@ -18,7 +18,7 @@ import os
 import random
 import sys
 from asyncio.subprocess import Process
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -187,10 +187,17 @@ async def _stop(proc: Process) -> None:
 
 @contextlib.asynccontextmanager
 async def server(
-    kind: str, database_url: str = "", workers: int = 1, profile: str = ""
+    kind: str,
+    database_url: str = "",
+    workers: int = 1,
+    profile: str = "",
+    extra: Sequence[str] = (),
 ) -> AsyncIterator[Served]:
-    """Start `workers` tests/bench/server.py processes sharing one port; stop them after."""
-    args = ["--database-url", database_url] if database_url else []
+    """Start `workers` tests/bench/server.py processes sharing one port; stop them after.
+
+    `extra`: more arguments for tests/bench/server.py (such as `--ledger off`).
+    """
+    args = (["--database-url", database_url] if database_url else []) + list(extra)
     procs: list[Process] = []
     port = 0
     try:

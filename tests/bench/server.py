@@ -1,6 +1,7 @@
-"""An HTTP server for benchmark 3, in its own process as in production.
+"""An HTTP server for benchmarks 3, 4 and 7, in its own process as in production.
 
     python -m tests.bench.server carnet --database-url URL   # the real app, clock fixed at T0
+    python -m tests.bench.server carnet --database-url URL --ledger off   # ledger disabled
     python -m tests.bench.server hello                       # one hello-world handler
 
 It listens on 127.0.0.1 (a free port unless --port is given; SO_REUSEPORT, so several
@@ -14,12 +15,18 @@ import asyncio
 import cProfile
 import os
 import sys
+from collections.abc import Sequence
 
+import asyncpg
 from aiohttp import web
+from eventsourcing.persistence import StoredEvent
 
 from infra.bootstrap import build_services, open_pool
+from infra.eventstore import EventStore
 from infra.http.app import create_app
 from infra.http.throttle import ThrottlePolicy
+from infra.ledger import Ledger
+from services.ports import Idempotency, Metadata
 from tests.conftest import T0, FakeClock
 
 
@@ -27,7 +34,40 @@ async def hello(request: web.Request) -> web.Response:
     return web.Response(text="Hello, world")
 
 
-async def serve(kind: str, database_url: str | None, port: int) -> None:
+class Unwritten(EventStore):
+    """An event store whose appends write nothing: a ledger on it does all but the INSERT."""
+
+    async def append(
+        self,
+        events: Sequence[StoredEvent],
+        meta: Metadata,
+        idempotency: Idempotency | None = None,
+    ) -> int:
+        return 0
+
+
+def access_ledger(pool: asyncpg.Pool, mode: str, interval: float | None) -> Ledger | None:
+    """on: the app's own ledger; off: `Ledger(..., disabled=True)`, benchmark 7's baseline;
+    nowrite: the ledger's whole path (records, hash chain, mapping, group wait) but the INSERT.
+    `interval`: the group-commit interval instead of the app's default (A/B runs only).
+    """
+    if mode == "off":
+        return Ledger(EventStore(pool), disabled=True)
+    if mode == "on" and interval is None:
+        return None  # build_services makes the app's own
+    ledger = Ledger(Unwritten(pool) if mode == "nowrite" else EventStore(pool))
+    if interval is not None:
+        ledger.interval = interval
+    return ledger
+
+
+async def serve(
+    kind: str,
+    database_url: str | None,
+    port: int,
+    ledger: str = "on",
+    interval: float | None = None,
+) -> None:
     pool = None
     if kind == "carnet":
         if database_url is None:
@@ -36,7 +76,10 @@ async def serve(kind: str, database_url: str | None, port: int) -> None:
         # One desk token books for every client worker: its per-token rate limit would
         # measure the policy, not the server. The throttle still runs on every request.
         unthrottled = ThrottlePolicy(rate_per_second=1e9, burst=10**9)
-        app = create_app(build_services(pool, clock=FakeClock(T0)), unthrottled)
+        services = build_services(
+            pool, clock=FakeClock(T0), ledger=access_ledger(pool, ledger, interval)
+        )
+        app = create_app(services, unthrottled)
     else:
         app = web.Application()
         app.router.add_post("/hello", hello)
@@ -59,8 +102,15 @@ def main() -> None:
     parser.add_argument("kind", choices=("carnet", "hello"))
     parser.add_argument("--database-url")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--ledger",
+        choices=("on", "off", "nowrite"),
+        default="on",
+        help="off: Ledger(disabled=True); nowrite: all the ledger does but its INSERT",
+    )
+    parser.add_argument("--ledger-interval", type=float, help="the ledger's group-commit interval")
     args = parser.parse_args()
-    run = serve(args.kind, args.database_url, args.port)
+    run = serve(args.kind, args.database_url, args.port, args.ledger, args.ledger_interval)
     profile_to = os.environ.get("CARNET_BENCH_PROFILE")
     if not profile_to:
         asyncio.run(run)
