@@ -20,7 +20,9 @@ from uuid import NAMESPACE_URL, uuid5
 from eventsourcing.domain import DomainEvent
 
 Action = Literal["read", "search", "export", "create", "change", "delete"]
-Outcome = Literal["allowed", "denied", "not-found"]
+# "attempted": a change about to be made, recorded first so that a change is
+# never made unrecorded (the ledger fails closed for writes too).
+Outcome = Literal["allowed", "denied", "not-found", "attempted"]
 TamperKind = Literal["altered", "deleted", "inserted", "reordered"]
 
 LEDGER_ID = uuid5(NAMESPACE_URL, "/carnet/access-ledger")

@@ -54,8 +54,12 @@ class AccessLogProjection:
                 return [
                     Op(
                         f"""INSERT INTO {t["entries"]}
-                        SELECT $1, p::uuid, $3, coalesce(
-                            (SELECT label FROM {t["actors"]} WHERE token_id = $4::uuid), $5),
+                        SELECT $1, p::uuid, $3,
+                            CASE WHEN $10 = 'patient' THEN
+                                CASE WHEN p = $11 THEN 'You' ELSE 'Another patient account' END
+                            ELSE coalesce(
+                                (SELECT label FROM {t["actors"]} WHERE token_id = $4::uuid), $5)
+                            END,
                             $6, $7, $8, $9
                         FROM unnest($2::text[]) AS p
                         ON CONFLICT DO NOTHING""",
@@ -69,6 +73,8 @@ class AccessLogProjection:
                             record.resource_type,
                             record.outcome,
                             list(record.fields),
+                            record.actor_kind,
+                            record.actor_id,
                         ),
                     )
                 ]

@@ -1,7 +1,7 @@
 """Read use cases, answered from read models (never by loading aggregates)."""
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, timedelta
 from uuid import UUID
 
@@ -9,7 +9,7 @@ from domain.calendar import free_slots, opening_intervals
 from domain.errors import Forbidden, InvalidValue, NotFound
 from domain.ledger import AccessRecord
 from domain.values import Interval, Motive
-from services.actors import Actor
+from services.actors import Actor, ActorKind
 from services.common import require
 from services.policy import Action, Kind, Resource, allowed
 from services.ports import (
@@ -146,7 +146,10 @@ class QueryService:
             raise NotFound("no such motive for this practitioner", field="motive_id")
         return found if found in bookable else None
 
-    async def agenda(self, actor: Actor, practitioner_id: UUID, day: date) -> list[AgendaEntry]:
+    async def agenda(
+        self, actor: Actor, practitioner_id: UUID, day: date
+    ) -> tuple[list[AgendaEntry], frozenset[str]]:
+        """The day's entries and the fields this actor may not see (blank them)."""
         found = await self.read.agenda(practitioner_id, day)
         establishment_id, entries = found if found else (None, [])
         resource = Resource(
@@ -156,9 +159,7 @@ class QueryService:
             raise NotFound("no such practitioner", field="practitioner_id")
         scopes = await self.scopes(actor, practitioner_id)
         decision = require(actor, Action.READ, resource, "practitioner_id", "practitioner", scopes)
-        if decision.hidden & {"patient_id", "patient_name"}:
-            return [replace(e, patient_id=None, patient_name=None) for e in entries]
-        return entries
+        return entries, decision.hidden
 
     async def patient_appointments(
         self, actor: Actor, patient_id: UUID
@@ -168,7 +169,9 @@ class QueryService:
 
     async def access_log(self, actor: Actor) -> list[AccessLogEntry]:
         """GET /me/access-log: only a patient has one, and only their own."""
-        if not allowed(actor, Action.READ, Resource(Kind.ACCESS_LOG, patient_id=actor.id)):
+        if actor.kind is not ActorKind.PATIENT or not allowed(
+            actor, Action.READ, Resource(Kind.ACCESS_LOG, patient_id=actor.id)
+        ):
             raise Forbidden("only a patient's own token reads their access log")
         return await self.read.access_log(actor.id, 500)
 

@@ -24,6 +24,7 @@ from services.actors import Actor, ActorKind
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PURPOSE_HEADER = "X-Purpose-Of-Use"
+WRITES = frozenset({"create", "change", "delete"})
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,10 @@ def access_record(
 
 
 def _asked_for(request: web.Request, audit: Audit) -> Access:
+    """The ids the caller named: in the path, and any the handler noted from the body."""
     ids = [request.match_info[name] for name in audit.ids if name in request.match_info]
-    return Access(record_ids=ids[:5])
+    noted = request.get(ACCESS) or Access()
+    return Access(record_ids=(ids + noted.record_ids)[:5], patient_ids=noted.patient_ids[:5])
 
 
 async def record_refusal(request: web.Request, actor: Actor, audit: Audit, outcome: str) -> None:
@@ -101,6 +104,11 @@ def audited(audit: Audit, handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         actor: Actor = request[ACTOR]
         request[ACCESS] = Access()
+        if audit.action in WRITES:
+            # Write-ahead: if the ledger cannot take this, nothing changes.
+            await request.app[SERVICES].ledger.record(
+                access_record(request, actor, audit, "attempted", _asked_for(request, audit))
+            )
         try:
             response = await handler(request)
         except NotFound:

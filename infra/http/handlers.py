@@ -18,6 +18,7 @@ from infra.http.convert import (
 from infra.http.keys import actor_of, meta_of, services_of
 from infra.http.wire import HTTPProblem, path_id, read_body, reply
 from infra.repository import log_position
+from services.actors import ActorKind
 
 
 def _hours(hours: list[s.HoursIn]) -> tuple[OpeningHours, ...]:
@@ -194,6 +195,10 @@ async def book(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise HTTPProblem(400, "invalid-input", "1 to 255 characters", field="Idempotency-Key")
+    actor = actor_of(request)
+    # Whose data this is about, known before the booking is tried: a refusal names them.
+    asked_for = body.patient_id or (actor.id if actor.kind is ActorKind.PATIENT else None)
+    note(request, record_ids=[], patient_ids=[asked_for])
     booked = await services_of(request).booking.book(
         actor_of(request),
         meta_of(request),
@@ -204,7 +209,9 @@ async def book(request: web.Request) -> web.Response:
         patient_id=body.patient_id,
         idempotency_key=key,
     )
-    response = await _answer(request, booked.appointment, booked.position, 201)
+    # A replay answers the appointment as it is now, so that is what it reflects.
+    as_of = log_position(booked.appointment) if booked.replayed else booked.position
+    response = await _answer(request, booked.appointment, as_of, 201)
     response.headers["Location"] = f"/appointments/{booked.appointment.id}"
     if booked.replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -21,6 +21,7 @@ from infra.http.schemas import Problem
 from infra.http.wire import PROBLEM_BASE, HTTPProblem, problem_response
 from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from infra.pgerrors import database_unavailable
+from services.ports import LedgerUnavailable
 
 log = logging.getLogger("carnet.http")
 
@@ -88,12 +89,18 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except Exception as e:
         if database_unavailable(e):
             log.warning("database unreachable: %s", e)
+            ledger = isinstance(e, LedgerUnavailable)
             return problem_response(
                 Problem(
-                    type=PROBLEM_BASE + "unavailable",
+                    type=PROBLEM_BASE + ("ledger-unavailable" if ledger else "unavailable"),
                     title="Service Unavailable",
                     status=503,
-                    detail="the database is unreachable; retry shortly",
+                    detail=(
+                        "the access ledger could not record this request, so nothing was "
+                        "disclosed; retry shortly"
+                        if ledger
+                        else "the database is unreachable; retry shortly"
+                    ),
                 ),
                 {"Retry-After": "5"},
             )

@@ -1,5 +1,7 @@
 """Read routes: answered from read models, after an optional read-your-writes wait."""
 
+from dataclasses import replace
+
 from aiohttp import web
 
 from infra.http import schemas as s
@@ -125,10 +127,11 @@ async def agenda(request: web.Request) -> web.Response:
     query = read_query(request, s.AgendaQuery)
     queries = await consistent(request, "agenda")
     actor = actor_of(request)
-    entries, as_of = await services_of(request).read.exactly(
+    (entries, hidden), as_of = await services_of(request).read.exactly(
         "agenda", lambda: queries.agenda(actor, practitioner_id, query.date)
     )
-    masked = any(e.patient_id is None for e in entries)
+    masked = bool(hidden & {"patient_id", "patient_name"})
+    # The patients concerned are recorded even when their identity is not shown.
     note(
         request,
         record_ids=[e.appointment_id for e in entries],
@@ -136,6 +139,8 @@ async def agenda(request: web.Request) -> web.Response:
         fields=[f for f in AGENDA_FIELDS if not (masked and f.startswith("patient"))],
         as_of=as_of,
     )
+    if masked:
+        entries = [replace(e, patient_id=None, patient_name=None) for e in entries]
     return reply(
         s.AgendaOut(
             practitioner_id=practitioner_id,

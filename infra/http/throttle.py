@@ -20,6 +20,7 @@ from uuid import UUID
 from aiohttp import web
 
 from domain.errors import Forbidden, NotFound
+from infra.http.audit import audit_of, record_refusal
 from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
 from infra.http.wire import HTTPProblem
 from infra.metrics import ENUMERATION_SUSPECTED, THROTTLED
@@ -103,6 +104,9 @@ async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse
     wait = limiter.take(actor.token_id)
     if wait:
         THROTTLED.labels("rate").inc()
+        audit = audit_of(request)
+        if audit is not None:  # a throttled attempt on personal data is still an attempt
+            await record_refusal(request, actor, audit, "denied")
         raise _too_many(wait, "slow down")
     try:
         response = await handler(request)

@@ -1,0 +1,88 @@
+"""`carnet verify` on a real ledger: intact says so and exits 0; an entry
+altered or deleted with SQL is named, and the command exits 1."""
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from domain.ledger import LEDGER_ID, AccessRecord
+from infra.eventstore import EventStore
+from infra.ledger import Ledger, verify_ledger
+from infra.schema import SCHEMA
+from tests.conftest import Servers
+
+T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
+
+
+def verify(db_url: str, servers: Servers) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", "verify"],
+        env={**os.environ, "CARNET_DATABASE_URL": db_url, "CARNET_NATS_URL": servers.nats_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+async def five_entries(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    ledger = Ledger(EventStore(pool))
+    for n in range(1, 6):
+        await ledger.record(
+            AccessRecord(
+                actor_kind="practitioner",
+                actor_id=f"practitioner-{n}",
+                action="read",
+                resource_type="appointment",
+                record_ids=(f"appointment-{n}",),
+                patient_ids=(f"patient-{n}",),
+                fields=("start",),
+                at=T0 + timedelta(seconds=n),
+                as_of=n,
+            )
+        )
+    await ledger.close()
+    yield pool
+
+
+async def test_verify_says_an_untouched_ledger_is_intact_and_exits_0(five_entries, db_url, servers):
+    done = verify(db_url, servers)
+
+    assert done.returncode == 0, done.stderr
+    assert "intact" in done.stdout and "5 entries" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+async def test_verify_names_the_entry_altered_with_sql_and_exits_1(five_entries, db_url, servers):
+    await five_entries.execute(
+        f"UPDATE {SCHEMA}.events SET state = convert_to(replace("
+        "convert_from(state, 'UTF8'), 'patient-3', 'patient-4'), 'UTF8') "
+        "WHERE originator_id = $1 AND originator_version = 3",
+        LEDGER_ID,
+    )
+    assert (await verify_ledger(five_entries)) is not None  # the edit did change the record
+
+    done = verify(db_url, servers)
+
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "TAMPERED" in done.stdout
+    assert "#3 (altered)" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+async def test_verify_names_the_entry_deleted_with_sql_and_exits_1(five_entries, db_url, servers):
+    await five_entries.execute(
+        f"DELETE FROM {SCHEMA}.events WHERE originator_id = $1 AND originator_version = 2",
+        LEDGER_ID,
+    )
+
+    done = verify(db_url, servers)
+
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "#2 (deleted)" in done.stdout
