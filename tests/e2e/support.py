@@ -10,9 +10,20 @@ from aiohttp.test_utils import TestClient
 
 from domain.ledger import LEDGER_ID
 from infra.http.keys import Services
+from infra.http.throttle import ThrottlePolicy
 from tests.world import World
 
 PARIS = ZoneInfo("Europe/Paris")
+
+# A throttle that never slows anyone down but watches for enumeration:
+# the 20th not-found or denied look-up within a minute suspends the token.
+WATCHFUL = ThrottlePolicy(
+    rate_per_second=10_000,
+    burst=10_000,
+    enumeration_misses=20,
+    enumeration_window=60,
+    suspend_on_enumeration=True,
+)
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://carnet.dev/problems/"
 

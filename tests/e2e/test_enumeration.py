@@ -12,16 +12,8 @@ from infra.http.app import create_app
 from infra.http.keys import Services
 from infra.http.throttle import ThrottlePolicy
 from infra.workers import background
-from tests.e2e.support import THURSDAY, WEDNESDAY, ok, paris
+from tests.e2e.support import THURSDAY, WATCHFUL, WEDNESDAY, ok, paris
 from tests.world import World
-
-WATCHFUL = ThrottlePolicy(
-    rate_per_second=10_000,
-    burst=10_000,
-    enumeration_misses=20,
-    enumeration_window=60,
-    suspend_on_enumeration=True,
-)
 
 
 @pytest.fixture

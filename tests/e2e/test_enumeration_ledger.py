@@ -12,20 +12,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from infra.http.app import create_app
 from infra.http.keys import Services
-from infra.http.throttle import ThrottlePolicy
 from infra.ledger import read_chain
 from infra.workers import background
 from tests.e2e.ledger_support import slots
-from tests.e2e.support import ok
+from tests.e2e.support import WATCHFUL, ok
 from tests.world import World
 
-WATCHFUL = ThrottlePolicy(
-    rate_per_second=10_000,
-    burst=10_000,
-    enumeration_misses=20,
-    enumeration_window=60,
-    suspend_on_enumeration=True,
-)
 WALK = 2000
 
 
