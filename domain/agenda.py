@@ -12,7 +12,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from domain.calendar import local_day
-from domain.errors import InvalidTransition, NotFound, SlotTaken, WrongDuration
+from domain.errors import InvalidTransition, SlotTaken, WrongDuration
 from domain.values import Booking, Interval, Source, Status
 
 
@@ -199,9 +199,3 @@ def reschedule(
     )
     old._rescheduled(replaced_by=new.id, by=by)
     return new
-
-
-def require_found(obj: Aggregate | None, what: str, field: str) -> Aggregate:
-    if obj is None:
-        raise NotFound(f"no such {what}", field=field)
-    return obj

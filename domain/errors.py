@@ -27,10 +27,6 @@ class SlotTaken(Conflict):
     code = "slot-taken"
 
 
-class AlreadyExists(Conflict):
-    code = "already-exists"
-
-
 class IdempotencyKeyReused(Conflict):
     code = "idempotency-key-reused"
 

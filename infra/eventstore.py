@@ -6,7 +6,7 @@ the unique (originator_id, originator_version) constraint.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -222,18 +222,6 @@ class EventStore:
             f"SELECT tx FROM {SCHEMA}.events WHERE position = $1", position
         )
         return None if tx is None else Checkpoint(int(tx), position)
-
-    async def subscribe(
-        self, after: Checkpoint, batch_size: int = 1000, idle_sleep: float = 0.05
-    ) -> AsyncIterator[list[RecordedEvent]]:
-        """Yield batches forever; sleeps briefly when caught up."""
-        while True:
-            batch = await self.read_after(after, batch_size)
-            if batch:
-                after = batch[-1].checkpoint
-                yield batch
-            else:
-                await asyncio.sleep(idle_sleep)
 
     async def last_position(self) -> int:
         return int(
