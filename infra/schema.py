@@ -43,8 +43,6 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.relay_checkpoints (
 -- No NOTIFY trigger: NOTIFY inside a transaction takes a cluster-wide lock
 -- at commit, serialising every append. Writers notify after commit instead
 -- (infra/eventstore.py, Notifier).
-DROP TRIGGER IF EXISTS events_notify ON {SCHEMA}.events;
-DROP FUNCTION IF EXISTS {SCHEMA}.notify_events();
 
 -- The token index: tokens are aggregates in the log; this table is kept in the
 -- same transaction as their events, so a revocation holds from the next request.

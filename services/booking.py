@@ -56,14 +56,20 @@ class BookingService:
         self, actor: Actor, appointment_id: UUID
     ) -> tuple[Appointment, frozenset[str]]:
         """The appointment and the fields this actor must not see, or NotFound."""
+        appointment, scopes = await self._readable(actor, appointment_id)
+        return appointment, decide(actor, Action.READ, _resource(appointment), scopes).hidden
+
+    async def _readable(
+        self, actor: Actor, appointment_id: UUID
+    ) -> tuple[Appointment, frozenset[str]]:
+        """The appointment if this actor may read it (else NotFound), and its scopes."""
         appointment = await self.repo.get(Appointment, appointment_id)
         if appointment is None:
             raise_not_found()
         scopes = await scopes_of(self.repo, actor, appointment.practitioner_id)
-        decision = decide(actor, Action.READ, _resource(appointment), scopes)
-        if not decision.allowed:
+        if not allowed(actor, Action.READ, _resource(appointment), scopes):
             raise_not_found()
-        return appointment, decision.hidden
+        return appointment, scopes
 
     async def hidden_for(self, actor: Actor, appointment: Appointment) -> frozenset[str]:
         """The fields of this appointment the actor may not see (integrations' masks)."""
@@ -76,8 +82,7 @@ class BookingService:
         return (await self.read_appointment(actor, appointment_id))[0]
 
     async def _visible(self, actor: Actor, appointment_id: UUID, action: Action) -> Appointment:
-        appointment = await self.get_appointment(actor, appointment_id)
-        scopes = await scopes_of(self.repo, actor, appointment.practitioner_id)
+        appointment, scopes = await self._readable(actor, appointment_id)
         if not allowed(actor, action, _resource(appointment), scopes):
             raise Forbidden(f"{actor.kind.value}s cannot {action.value} appointments")
         return appointment

@@ -33,7 +33,7 @@ import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from domain.ledger import GENESIS, LEDGER_ID, AccessRecord, AccessRecorded, link
-from domain.values import BookingPolicy, Motive, Sex
+from domain.values import BookingPolicy, Motive
 from infra.bootstrap import build_services, open_pool
 from infra.codec import TypedMapper
 from infra.eventstore import EventStore
@@ -59,7 +59,7 @@ from tests.bench.common import (
     rounds,
     say,
 )
-from tests.bench.http_bookings import HttpSide, Served, ms, server, slot_starts
+from tests.bench.http_bookings import HttpSide, Served, bench_patient, ms, server, slot_starts
 from tests.conftest import T0, FakeClock
 from tests.world import HOURS, META, ROOT
 
@@ -107,23 +107,14 @@ async def make_agenda(services: Services) -> Agenda:
     day = (T0 + timedelta(days=1)).date()  # a Wednesday: 21 slots of 20 minutes
     starts = slot_starts(day, ZoneInfo(TZ))[:APPOINTMENTS]
     for i, start in enumerate(starts):
-        patient = await d.register_patient(
-            ROOT,
-            META,
-            first_name=f"Patient{i}",
-            last_name="Bench",
-            birth_date=date(1980, 1, 1),
-            sex=Sex.OTHER,
-            email=f"patient{i}@example.org",
-            phone="+33 6 00 00 00 00",
-        )
+        patient_id = await bench_patient(services, i)
         await services.booking.book(
             ROOT,
             META,
             practitioner_id=practitioner.id,
             motive_id=MOTIVE.id,
             start=start,
-            patient_id=patient.id,
+            patient_id=patient_id,
         )
     token = await services.credentials.issue_token(
         ROOT, META, ActorKind.PRACTITIONER, practitioner.id, label="bench practitioner"

@@ -87,25 +87,26 @@ async def make_plan(services: Services) -> Plan:
         ).id
         for i in range(PRACTITIONERS)
     ]
-    patients = [
-        (
-            await d.register_patient(
-                ROOT,
-                META,
-                first_name=f"Patient{i}",
-                last_name="Bench",
-                birth_date=date(1980, 1, 1),
-                sex=Sex.OTHER,
-                email=f"patient{i}@example.org",
-                phone="+33 6 00 00 00 00",
-            )
-        ).id
-        for i in range(PATIENTS)
-    ]
+    patients = [await bench_patient(services, i) for i in range(PATIENTS)]
     staff = await services.credentials.issue_token(
         ROOT, META, ActorKind.STAFF, None, place.id, label="bench desk"
     )
     return Plan(staff.secret, practitioners, patients)
+
+
+async def bench_patient(services: Services, i: int) -> UUID:
+    """Register the i-th bench patient; its id."""
+    saved = await services.directory.register_patient(
+        ROOT,
+        META,
+        first_name=f"Patient{i}",
+        last_name="Bench",
+        birth_date=date(1980, 1, 1),
+        sex=Sex.OTHER,
+        email=f"patient{i}@example.org",
+        phone="+33 6 00 00 00 00",
+    )
+    return saved.id
 
 
 def slot_starts(day: date, tz: ZoneInfo) -> list[datetime]:
