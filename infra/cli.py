@@ -25,6 +25,7 @@ from infra.bootstrap import (
     start_servers,
 )
 from infra.http.app import create_app
+from infra.http.server import ProblemRunner
 from infra.http.throttle import ThrottlePolicy
 from infra.ledger import verify_ledger
 from infra.nats_worker import NatsProjector
@@ -104,7 +105,7 @@ async def _serve(settings: Settings, servers: Servers, args: argparse.Namespace)
             settings.enumeration_window,
             settings.suspend_on_enumeration,
         )
-        runner = web.AppRunner(create_app(services, policy))
+        runner = ProblemRunner(create_app(services, policy))
         await runner.setup()
         try:
             await web.TCPSite(runner, settings.http_host, settings.http_port).start()

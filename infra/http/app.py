@@ -8,12 +8,13 @@ from infra.http.middleware import authenticate, observe, problems
 from infra.http.openapi import openapi_document
 from infra.http.routes import add_routes
 from infra.http.throttle import THROTTLE, Throttle, ThrottlePolicy, throttle
+from infra.http.unmatched import unmatched
 from infra.http.wire import MAX_BODY, reply
 
 
 def create_app(services: Services, policy: ThrottlePolicy | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[observe, problems, authenticate, throttle], client_max_size=MAX_BODY
+        middlewares=[observe, problems, authenticate, throttle, unmatched], client_max_size=MAX_BODY
     )
     app[SERVICES] = services
     app[THROTTLE] = Throttle(policy or ThrottlePolicy())

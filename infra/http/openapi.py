@@ -7,7 +7,7 @@ import msgspec
 
 from infra.http.routes import ROUTES, Route
 from infra.http.schemas import Problem
-from infra.http.wire import MIN_POSITION_HEADER, MIN_POSITION_PARAM
+from infra.http.wire import MIN_POSITION_HEADER, MIN_POSITION_PARAM, POSITION_HEADER
 
 _REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -20,9 +20,37 @@ _STATUS_TEXT = {
     413: "Body too large",
     415: "Body is not application/json",
     422: "A domain rule refuses the request",
-    429: "Throttled",
+    429: "Throttled: too fast, or too many look-ups of objects it cannot see; see Retry-After",
     503: "Database unreachable, or a read model not caught up in time; see Retry-After",
 }
+
+
+_DIGITS = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-Id": {
+        "description": "This request's id (the client's X-Request-Id if it is a safe token)",
+        "schema": {"type": "string"},
+    },
+    POSITION_HEADER: {
+        "description": "The log position this answer reflects or this change reached",
+        "schema": _DIGITS,
+    },
+    "Location": {"description": "Where the created object is", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "true when this answers a repeated Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": _DIGITS,
+    },
+}
+_SUCCESS_HEADERS = ("X-Request-Id", POSITION_HEADER)
+_CREATED_HEADERS = (*_SUCCESS_HEADERS, "Location", "Idempotent-Replayed")
+
+
+def _headers(names: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {n: {**_HEADERS[n], "required": n in required} for n in names}
 
 
 def _query_parameters(query: type, schemas: dict[str, Any]) -> list[dict[str, Any]]:
@@ -53,7 +81,7 @@ def _operation(route: Route, refs: dict[type, Any], schemas: dict[str, Any]) -> 
     if route.query is not None:
         params += _query_parameters(route.query, schemas)
     if route.read_model:
-        position = {"type": "integer", "minimum": 1}
+        position = _DIGITS
         description = "Wait until the read model holds this log position (read your writes)"
         params += [
             {
@@ -87,11 +115,25 @@ def _operation(route: Route, refs: dict[type, Any], schemas: dict[str, Any]) -> 
         for status in (route.status, *route.also):
             op["responses"][str(status)] = {
                 "description": route.summary if status < 300 else _STATUS_TEXT[status],
+                "headers": _headers(
+                    _CREATED_HEADERS
+                    if status == 201
+                    else _SUCCESS_HEADERS
+                    if status < 300
+                    else ("X-Request-Id", "Retry-After")
+                ),
                 "content": {"application/json": {"schema": refs[route.response]}},
             }
-    for status in route.errors:
+    # Any authenticated call may be throttled, and any call may meet a
+    # database that does not answer in time.
+    errors = {*route.errors, 503} | (set() if route.public else {429})
+    for status in sorted(errors):
+        if str(status) in op["responses"]:
+            continue
+        retry = ("Retry-After",) if status in (429, 503) else ()
         op["responses"][str(status)] = {
             "description": _STATUS_TEXT.get(status, "Error"),
+            "headers": _headers(("X-Request-Id", *retry), required=retry),
             "content": {"application/problem+json": {"schema": refs[Problem]}},
         }
     if not route.public:

@@ -12,6 +12,7 @@ from infra.http.wire import (
     MIN_POSITION_HEADER,
     MIN_POSITION_PARAM,
     HTTPProblem,
+    digits,
     path_id,
     read_query,
     reply,
@@ -25,18 +26,15 @@ PATIENT_APPOINTMENT_FIELDS = tuple(s.PatientAppointmentOut.__struct_fields__)
 
 async def consistent(request: web.Request, *projections: str) -> QueryService:
     """Wait until the read models hold the client's last write, if it named one."""
-    raw = request.headers.get(MIN_POSITION_HEADER) or request.query.get(MIN_POSITION_PARAM)
     services = request.app[SERVICES]
-    if raw is not None:
-        if not raw.isdigit() or len(raw) > 18:
-            field = (
-                MIN_POSITION_HEADER
-                if MIN_POSITION_HEADER in request.headers
-                else (MIN_POSITION_PARAM)
-            )
-            raise HTTPProblem(400, "invalid-input", "a log position (digits)", field=field)
+    position: int | None = None
+    if MIN_POSITION_HEADER in request.headers:  # present but empty is a client bug too
+        position = digits(request.headers[MIN_POSITION_HEADER], MIN_POSITION_HEADER)
+    elif MIN_POSITION_PARAM in request.query:
+        position = digits(request.query[MIN_POSITION_PARAM], MIN_POSITION_PARAM)
+    if position is not None:
         try:
-            await services.read.wait_for(int(raw), projections)
+            await services.read.wait_for(position, projections)
         except NotCaughtUp as e:
             raise HTTPProblem(
                 503,

@@ -1,5 +1,6 @@
 """The route table: the one list that both wires aiohttp and documents the API."""
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -361,7 +362,13 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# aiohttp's default id pattern refuses braces: "/appointments/{<uuid>}" would
+# then miss the route and its ledger entry. Every id reaches its handler,
+# whose path_id() answers a malformed id exactly as an unknown one.
+_ANY_ID = re.compile(r"{(\w+)}")
+
+
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
         handler = route.handler if route.audit is None else audited(route.audit, route.handler)
-        app.router.add_route(route.method, route.path, handler)
+        app.router.add_route(route.method, _ANY_ID.sub(r"{\1:[^/]+}", route.path), handler)

@@ -8,11 +8,24 @@ from uuid import UUID
 
 import msgspec
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Text that enters the log (DESIGN decision 10): no NUL, no C0 or C1 control
+# and no unpaired surrogate, bounded; the edge also normalises it to NFC
+# (infra/http/wire.py). Free text (reasons) may hold tabs and line breaks.
+ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f\ud800-\udfff]*$"
+MULTI_LINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]*$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=ONE_LINE)]
+Label = Annotated[str, msgspec.Meta(max_length=200, pattern=ONE_LINE)]
+Email = Annotated[str, msgspec.Meta(max_length=254, pattern=ONE_LINE)]
+Phone = Annotated[str, msgspec.Meta(max_length=32, pattern=ONE_LINE)]
+TimeZone = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_+\-/]*$")
+]
+SearchText = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=ONE_LINE)]
+LedgerText = Annotated[str, msgspec.Meta(max_length=64, pattern=ONE_LINE)]
 Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9\-]{0,63}$")]
 Minutes = Annotated[int, msgspec.Meta(ge=0, le=60 * 24 * 365)]
 Weekday = Annotated[int, msgspec.Meta(ge=0, le=6, description="0 = Monday … 6 = Sunday")]
-Reason = Annotated[str, msgspec.Meta(max_length=500)]
+Reason = Annotated[str, msgspec.Meta(max_length=500, pattern=MULTI_LINE)]
 SexIn = Literal["female", "male", "other", "unknown"]
 ActorKindIn = Literal[
     "patient", "practitioner", "staff", "integration", "analyst", "operator", "admin"
@@ -53,7 +66,7 @@ class RegisterEstablishment(Strict):
     name: Name
     address: Name
     city: Name
-    timezone: str = "Europe/Paris"
+    timezone: TimeZone = "Europe/Paris"
 
 
 class RegisterPractitioner(Strict):
@@ -80,13 +93,13 @@ class RegisterPatient(Strict):
     last_name: Name
     birth_date: date
     sex: SexIn
-    email: Annotated[str, msgspec.Meta(max_length=254)]
-    phone: Annotated[str, msgspec.Meta(max_length=32)]
+    email: Email
+    phone: Phone
 
 
 class ChangeContactDetails(Strict):
-    email: Annotated[str, msgspec.Meta(max_length=254)]
-    phone: Annotated[str, msgspec.Meta(max_length=32)]
+    email: Email
+    phone: Phone
 
 
 class BookAppointment(Strict):
@@ -109,7 +122,7 @@ class IssueToken(Strict):
     actor_kind: ActorKindIn
     actor_id: UUID | None = None
     establishment_id: UUID | None = None
-    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    label: Label = ""
     valid_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
 
 
@@ -132,9 +145,6 @@ class AvailabilityQuery(Strict):
 
 class AgendaQuery(Strict):
     date: date
-
-
-SearchText = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
 
 class EstablishmentsQuery(Strict):
@@ -358,10 +368,10 @@ class AccessLogOut(Out):
 
 
 class LedgerQueryIn(Strict):
-    actor_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    token_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    patient_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
-    record_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    actor_id: LedgerText | None = None
+    token_id: LedgerText | None = None
+    patient_id: LedgerText | None = None
+    record_id: LedgerText | None = None
     from_: datetime | None = msgspec.field(name="from", default=None)
     to: datetime | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 500

@@ -1,0 +1,93 @@
+"""A malformed id in a path is, to the caller, one more id that does not exist.
+
+Ids wrapped in braces, or holding dots, once never reached their route:
+aiohttp's own 404 answered, unrecorded and uncounted, so an enumeration
+could hide among them. Each now gets the unknown id's answer, is ledgered
+as a not-found attempt, and counts towards the enumeration defence.
+"""
+
+import uuid
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
+
+from infra.http.app import create_app
+from infra.http.keys import Services
+from infra.workers import background
+from tests.e2e.ledger_support import LedgerWatch
+from tests.e2e.support import WATCHFUL, problem
+from tests.world import World
+
+UNKNOWN = str(uuid.uuid4())
+MALFORMED = [
+    f"%7B{UNKNOWN}%7D",  # {uuid}
+    f"%7B{UNKNOWN}",
+    "a..b",
+    "..",
+    "x/..",
+    "..%2F..%2Fadmin",
+    "%2e%2e",
+    "x%00y",
+    "%FF%FE",
+    "not-a-uuid",
+]
+
+
+@pytest.fixture
+async def guarded(services: Services, pool: Any) -> Any:
+    async with background(pool, None), TestClient(TestServer(create_app(services, WATCHFUL))) as c:
+        yield c
+
+
+def _shape(body: dict[str, Any]) -> tuple[Any, ...]:
+    return body["type"], body["title"], body["status"], body["detail"], body["field"]
+
+
+async def _get(client: TestClient, raw_path: str, world: World) -> Any:
+    # Built as sent: joining URLs would resolve the dot segments client-side.
+    url = URL(str(client.make_url("")).rstrip("/") + raw_path, encoded=True)
+    return await client.session.get(url, headers=world.auth("patient"))
+
+
+@pytest.mark.parametrize("raw", MALFORMED)
+async def test_a_malformed_appointment_id_gets_the_unknown_ids_answer_and_is_ledgered(
+    guarded, world, services, raw
+):
+    unknown = await problem(await _get(guarded, f"/appointments/{UNKNOWN}", world), 404)
+    watch = LedgerWatch(services.read.pool)
+    await watch.mark()
+
+    response = await _get(guarded, f"/appointments/{raw}", world)
+
+    body = await problem(response, 404)
+    assert _shape(body) == _shape(unknown)
+    entries = await watch.new()
+    assert [e.record.outcome for e in entries] == ["not-found"], entries
+    assert entries[0].record.resource_type == "appointment"
+    assert entries[0].record.actor_id == str(world.actors["patient"].id)
+
+
+async def test_malformed_ids_count_towards_the_enumeration_defence(guarded, world):
+    statuses = []
+    for n in range(WATCHFUL.enumeration_misses + 1):
+        response = await _get(guarded, f"/appointments/%7B{uuid.uuid4()}%7D{n}", world)
+        statuses.append(response.status)
+
+    assert statuses[: WATCHFUL.enumeration_misses - 1] == [404] * (WATCHFUL.enumeration_misses - 1)
+    assert 429 in statuses
+
+
+async def test_a_malformed_id_under_another_resource_names_that_resource(guarded, world):
+    unknown = await problem(await _get(guarded, f"/patients/{UNKNOWN}/appointments", world), 404)
+
+    response = await _get(guarded, f"/patients/%7B{UNKNOWN}%7D/appointments", world)
+
+    assert _shape(await problem(response, 404)) == _shape(unknown)
+
+
+async def test_an_unknown_path_still_answers_a_plain_problem(guarded, world):
+    response = await _get(guarded, "/no/such/thing", world)
+
+    await problem(response, 404)
