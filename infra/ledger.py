@@ -7,6 +7,12 @@ per request; `interval=0` batches only what arrives while a write is in
 flight. Batches are written one after another; the chain head (version,
 hash) is kept in memory and reloaded from the table whenever it may be stale
 (after a version conflict with another process, or after any failure).
+
+A batch fails as a whole (one INSERT), so a record that cannot be encoded
+(a lone surrogate from a header, say) must never join one: `record` encodes
+each record alone first and refuses only that caller (`UnwritableEntry`).
+Everything the INSERT itself can fail on is the database's state, not one
+entry's content, and fails the batch: each caller gets LedgerUnavailable.
 """
 
 import asyncio
@@ -37,7 +43,7 @@ from infra.metrics import LEDGER_BATCH_SIZE, LEDGER_ENTRIES, LEDGER_FAILURES, LE
 from infra.schema import SCHEMA
 from services.ports import LedgerUnavailable, Metadata, VersionConflict
 
-__all__ = ["Ledger", "LedgerUnavailable", "read_chain", "verify_ledger"]
+__all__ = ["Ledger", "LedgerUnavailable", "UnwritableEntry", "read_chain", "verify_ledger"]
 
 log = logging.getLogger("carnet.ledger")
 
@@ -89,13 +95,21 @@ class Ledger:
     async def record(self, record: AccessRecord) -> int:
         """The entry's sequence number, once it is durable.
 
-        Raises LedgerUnavailable when it cannot be made durable: the caller
+        Raises LedgerUnavailable when it cannot be made durable, and
+        UnwritableEntry when this record cannot be stored at all: the caller
         must then disclose nothing. A caller cancelled while waiting still
         has its entry written; recording an access that did not happen is
         the safe mistake.
         """
         if self.disabled:
             return 0
+        try:
+            # The same encoder the batch uses: what passes here cannot fail it.
+            self.mapper.transcoder.encode(record)
+        except Exception as e:
+            LEDGER_FAILURES.inc()
+            log.warning("access entry refused, it cannot be encoded: %r", e)
+            raise UnwritableEntry(f"the access entry cannot be encoded: {e}") from e
         if self._closing:
             raise LedgerUnavailable("the access ledger is closed")
         loop = asyncio.get_running_loop()
@@ -204,6 +218,15 @@ class Ledger:
 
     def _decode(self, version: int, topic: str, state: bytes) -> AccessRecorded:
         return decode(self.mapper, version, topic, state)
+
+
+class UnwritableEntry(ValueError):
+    """This one record cannot be stored: its content is at fault, not the database.
+
+    Only its caller gets it; the batch it would have joined is written. It is
+    not LedgerUnavailable, since retrying cannot help, and it means the edge
+    let through a value it should have made storable: a bug, answered 500.
+    """
 
 
 class UnreadableEntry(Exception):

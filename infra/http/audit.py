@@ -7,6 +7,9 @@ the group-committed ledger and only then returns the response. An audited
 handler that notes nothing is a bug and answers 500 rather than disclose
 unrecorded. Refusals (not found, denied) are recorded too, naming the ids the
 caller asked for.
+
+The header values an entry keeps (`User-Agent`, `X-Purpose-Of-Use`, and the
+request id) are stored escaped and bounded: see `infra.http.headers`.
 """
 
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +21,7 @@ from aiohttp import web
 
 from domain.errors import Forbidden, NotFound
 from domain.ledger import AccessRecord
+from infra.http.headers import USER_AGENT_LIMIT, escaped, header
 from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
 from infra.http.wire import HTTPProblem
 from services.actors import Actor, ActorKind
@@ -77,19 +81,20 @@ def access_record(
         record_ids=tuple(dict.fromkeys(access.record_ids)),
         patient_ids=tuple(dict.fromkeys(access.patient_ids)),
         fields=tuple(access.fields),
-        purpose=request.headers.get(PURPOSE_HEADER, "treatment")[:64],
+        purpose=header(request, PURPOSE_HEADER, "treatment"),
         outcome=outcome,  # type: ignore[arg-type]
         at=datetime.now(UTC),
         request_id=request.get(REQUEST_ID, ""),
         client_ip=request.remote or "",
-        user_agent=request.headers.get("User-Agent", "")[:200],
+        user_agent=header(request, "User-Agent", limit=USER_AGENT_LIMIT),
         as_of=access.as_of,
     )
 
 
 def _asked_for(request: web.Request, audit: Audit) -> Access:
     """The ids the caller named: in the path, and any the handler noted from the body."""
-    ids = [request.match_info[name] for name in audit.ids if name in request.match_info]
+    # A path id that is not a uuid is whatever the client sent: kept escaped.
+    ids = [escaped(request.match_info[n]) for n in audit.ids if n in request.match_info]
     noted = request.get(ACCESS) or Access()
     return Access(record_ids=(ids + noted.record_ids)[:5], patient_ids=noted.patient_ids[:5])
 

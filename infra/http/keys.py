@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from infra.http.headers import header
 from infra.ledger import Ledger
 from infra.readmodels import PostgresReadModels
 from services.actors import Actor
@@ -51,6 +52,7 @@ def meta_of(request: web.Request) -> Metadata:
         actor_kind=actor.kind.value,
         actor_id=str(actor.id),
         request_id=request_id,
-        correlation_id=request.headers.get("X-Correlation-Id", "")[:64] or request_id,
+        # Escaped like every header kept (infra.http.headers): metadata is jsonb.
+        correlation_id=header(request, "X-Correlation-Id") or request_id,
         token_id=str(actor.token_id or ""),
     )

@@ -2,7 +2,6 @@
 
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -16,10 +15,12 @@ from domain.errors import (
     RuleViolation,
 )
 from infra.http.audit import audit_of, record_refusal
+from infra.http.headers import request_id as safe_request_id
 from infra.http.keys import ACTOR, PUBLIC_PATHS, REQUEST_ID, SERVICES
 from infra.http.schemas import Problem
+from infra.http.throttle import THROTTLE, too_many
 from infra.http.wire import PROBLEM_BASE, HTTPProblem, problem_response
-from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS, THROTTLED
 from infra.pgerrors import database_unavailable
 from services.ports import LedgerUnavailable
 
@@ -52,7 +53,9 @@ def domain_problem(error: DomainError) -> Problem:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    # Echoed below, logged and stored: a client's id is kept only if it is a
+    # safe token, else replaced by a fresh one (infra.http.headers).
+    request_id = safe_request_id(request.headers.get("X-Request-Id", ""))
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     route = request.match_info.route.resource
@@ -137,8 +140,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         # its attempts on personal data are still accesses to record.
         holder = await credentials.holder(secret.strip())
         audit = audit_of(request)
-        if holder is not None and audit is not None:
-            await record_refusal(request, holder, audit, "denied")
+        if holder is not None and holder.token_id is not None:
+            # Each of these refusals costs a ledger write: the token's own
+            # rate limit bounds them, and past it nothing more is written.
+            wait = request.app[THROTTLE].take(holder.token_id)
+            if wait:
+                THROTTLED.labels("rate").inc()
+                raise too_many(wait, "slow down")
+            if audit is not None:
+                await record_refusal(request, holder, audit, "denied")
         raise HTTPProblem(
             401,
             "unauthenticated",

@@ -1,10 +1,19 @@
 """Per-actor rate limits and the enumeration defence.
 
 A token bucket per token answers 429 with Retry-After when an actor goes too
-fast. Separately, not-found and denied object look-ups are counted per token
-in a sliding window: a burst of them (the 2020 attack: walking other people's
+fast. Every request that costs an access-ledger write pays from it, so
+flooding cannot grow the ledger faster than the rate: an active token's
+requests here, and a revoked, suspended or expired token's 401s (each writes
+a `denied` entry) in `middleware.authenticate`. A 429 writes no entry: the
+request reached no handler and disclosed nothing.
+
+Separately, not-found and denied object look-ups are counted per token in a
+sliding window: a burst of them (the 2020 attack: walking other people's
 appointment ids) records an `EnumerationSuspected` event, answers 429, and by
-policy suspends the token until an admin lifts it.
+policy suspends the token until an admin lifts it. An admin token is never
+suspended, only flagged: it may see every object, so its misses are ids
+that exist nowhere, and suspending it would lock out administration (lifting
+suspensions, issuing tokens) until someone ran the CLI on the server.
 
 State is per process: with several workers each enforces its own share.
 """
@@ -20,10 +29,10 @@ from uuid import UUID
 from aiohttp import web
 
 from domain.errors import Forbidden, NotFound
-from infra.http.audit import audit_of, record_refusal
 from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
 from infra.http.wire import HTTPProblem
 from infra.metrics import ENUMERATION_SUSPECTED, THROTTLED
+from services.actors import ActorKind
 from services.ports import Metadata
 
 log = logging.getLogger("carnet.throttle")
@@ -84,7 +93,7 @@ class Throttle:
 THROTTLE = web.AppKey("throttle", Throttle)
 
 
-def _too_many(retry_after: float, detail: str) -> HTTPProblem:
+def too_many(retry_after: float, detail: str) -> HTTPProblem:
     return HTTPProblem(
         429,
         "throttled",
@@ -103,11 +112,9 @@ async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse
     limiter = request.app[THROTTLE]
     wait = limiter.take(actor.token_id)
     if wait:
+        # No access entry: otherwise the limit would bound nothing the ledger pays.
         THROTTLED.labels("rate").inc()
-        audit = audit_of(request)
-        if audit is not None:  # a throttled attempt on personal data is still an attempt
-            await record_refusal(request, actor, audit, "denied")
-        raise _too_many(wait, "slow down")
+        raise too_many(wait, "slow down")
     try:
         response = await handler(request)
     except (NotFound, Forbidden):
@@ -129,6 +136,8 @@ async def _count_miss(request: web.Request, limiter: Throttle, token_id: UUID) -
     ENUMERATION_SUSPECTED.inc()
     policy = limiter.policy
     actor = request[ACTOR]
+    # An admin is flagged, never suspended (see the module's docstring).
+    suspend = policy.suspend_on_enumeration and actor.kind is not ActorKind.ADMIN
     log.warning("enumeration suspected: token %s, %s misses", token_id, misses)
     meta = Metadata(
         actor_kind="system",
@@ -137,11 +146,11 @@ async def _count_miss(request: web.Request, limiter: Throttle, token_id: UUID) -
         token_id=str(token_id),
     )
     await request.app[SERVICES].credentials.report_enumeration(
-        meta, token_id, misses, policy.enumeration_window, policy.suspend_on_enumeration
+        meta, token_id, misses, policy.enumeration_window, suspend
     )
-    raise _too_many(
+    raise too_many(
         policy.enumeration_window,
         f"too many look-ups of objects you cannot see ({actor.kind.value} token "
-        + ("suspended" if policy.suspend_on_enumeration else "flagged")
+        + ("suspended" if suspend else "flagged")
         + ")",
     )

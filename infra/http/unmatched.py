@@ -15,6 +15,7 @@ from aiohttp import web
 
 from domain.errors import NotFound
 from infra.http.audit import ACCESS, Access, record_refusal
+from infra.http.headers import escaped
 from infra.http.keys import ACTOR
 from infra.http.routes import ROUTES, Route
 
@@ -49,7 +50,7 @@ async def unmatched(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     route, param, raw_id = aimed
     if route.audit is not None:
-        request[ACCESS] = Access(record_ids=[raw_id[:200]])
+        request[ACCESS] = Access(record_ids=[escaped(raw_id)])
         await record_refusal(request, actor, route.audit, "not-found")
     # The words path_id() uses for an id that is not a uuid.
     raise NotFound(f"no such {param.removesuffix('_id')}", field=param)

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from domain.ledger import LEDGER_ID
 from infra.http.app import create_app
 from infra.http.keys import Services
 from infra.http.throttle import ThrottlePolicy
 from infra.workers import background
 from tests.e2e.support import THURSDAY, WATCHFUL, WEDNESDAY, ok, paris
-from tests.world import World
+from tests.world import META, ROOT, World
 
 
 @pytest.fixture
@@ -109,3 +110,72 @@ async def test_an_actor_going_too_fast_gets_429_with_retry_after(services: Servi
             f"/patients/{world.other_patient}", headers=world.auth("other_patient")
         )
         assert other.status == 200
+
+
+# A bucket of 5 that does not refill within a test: the 6th request is over.
+TIGHT = ThrottlePolicy(rate_per_second=0.001, burst=5, enumeration_misses=10**9)
+
+
+async def ledger_size(services: Services) -> int:
+    size: int = await services.read.pool.fetchval(
+        "SELECT count(*) FROM carnet.events WHERE originator_id = $1", LEDGER_ID
+    )
+    return size
+
+
+async def test_a_revoked_token_hammering_an_audited_route_is_throttled_and_stops_costing_entries(
+    services: Services, world: World
+):
+    token_id = world.actors["patient"].token_id
+    assert token_id is not None
+    await services.credentials.revoke_token(ROOT, META, token_id, "stolen")
+    async with TestClient(TestServer(create_app(services, TIGHT))) as client:
+        before = await ledger_size(services)
+        statuses = []
+        for _ in range(30):
+            answer = await client.get(f"/patients/{world.patient}", headers=world.auth("patient"))
+            statuses.append(answer.status)
+            if answer.status == 429:
+                assert int(answer.headers["Retry-After"]) >= 1
+                assert answer.content_type == "application/problem+json"
+        # Each 401 wrote a `denied` entry; past the burst, 429s write none.
+        assert statuses == [401] * TIGHT.burst + [429] * (30 - TIGHT.burst)
+        assert await ledger_size(services) - before == TIGHT.burst
+
+
+async def test_an_active_token_past_its_rate_writes_no_more_entries(
+    services: Services, world: World
+):
+    async with TestClient(TestServer(create_app(services, TIGHT))) as client:
+        before = await ledger_size(services)
+        statuses = [
+            (await client.get(f"/patients/{world.patient}", headers=world.auth("patient"))).status
+            for _ in range(30)
+        ]
+        assert statuses == [200] * TIGHT.burst + [429] * (30 - TIGHT.burst)
+        assert await ledger_size(services) - before == TIGHT.burst
+
+
+async def test_an_admins_misses_are_flagged_but_never_suspend_it(
+    guarded: TestClient, world: World, services: Services
+):
+    # An admin may see every object, so its misses are ids that exist nowhere;
+    # suspending it would lock out administration until someone used the CLI.
+    misses = [
+        (await guarded.get(f"/appointments/{uuid.uuid4()}", headers=world.auth("admin"))).status
+        for _ in range(WATCHFUL.enumeration_misses)
+    ]
+    assert misses == [404] * (WATCHFUL.enumeration_misses - 1) + [429]
+    flagged = await guarded.get(f"/appointments/{uuid.uuid4()}", headers=world.auth("admin"))
+    assert flagged.status == 404
+    assert (
+        await guarded.get(f"/patients/{world.patient}", headers=world.auth("admin"))
+    ).status == 200
+    topics = [
+        r[0].rsplit(".", 1)[-1]
+        for r in await services.read.pool.fetch(
+            "SELECT topic FROM carnet.events WHERE originator_id = $1 ORDER BY originator_version",
+            world.actors["admin"].token_id,
+        )
+    ]
+    assert topics == ["Issued", "EnumerationSuspected"]

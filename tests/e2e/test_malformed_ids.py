@@ -91,3 +91,17 @@ async def test_an_unknown_path_still_answers_a_plain_problem(guarded, world):
     response = await _get(guarded, "/no/such/thing", world)
 
     await problem(response, 404)
+
+
+@pytest.mark.parametrize("raw", ["x%00y", "%7Bx%00%7D", "%ED%A0%80", "%1B%5B31m"])
+async def test_a_hostile_id_in_the_ledger_does_not_break_reading_the_ledger(
+    guarded, world, services, raw
+):
+    await problem(await _get(guarded, f"/appointments/{raw}", world), 404)
+
+    response = await guarded.get("/ledger", headers=world.auth("analyst"))
+
+    assert response.status == 200, await response.text()
+    entries = (await response.json())["entries"]
+    assert any(e["outcome"] == "not-found" for e in entries)
+    assert all("\x00" not in i for e in entries for i in e["record_ids"])
