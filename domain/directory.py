@@ -5,9 +5,10 @@ decision 8): every other event refers to a patient by id, so that erasing a
 patient later means shredding one key.
 """
 
+import enum
 import re
 from datetime import UTC, date, datetime, timedelta
-from uuid import UUID
+from uuid import NAMESPACE_URL, UUID, uuid5
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventsourcing.domain import Aggregate, event
@@ -181,6 +182,7 @@ class Patient(Aggregate):
         sex: Sex,
         email: str,
         phone: str,
+        registered_by_establishment: UUID | None = None,
     ) -> None:
         self.first_name = first_name
         self.last_name = last_name
@@ -188,6 +190,9 @@ class Patient(Aggregate):
         self.sex = sex
         self.email = email
         self.phone = phone
+        # The establishment whose desk registered the patient (None: the
+        # platform did); that practice knows the patient and may book for them.
+        self.registered_by_establishment = registered_by_establishment
 
     @classmethod
     def register(
@@ -199,6 +204,7 @@ class Patient(Aggregate):
         email: str,
         phone: str,
         today: date | None = None,
+        registered_by_establishment: UUID | None = None,
     ) -> "Patient":
         today = today or datetime.now(UTC).date()
         if not date(1900, 1, 1) <= birth_date <= today:
@@ -211,6 +217,7 @@ class Patient(Aggregate):
             sex=sex,
             email=email,
             phone=phone,
+            registered_by_establishment=registered_by_establishment,
         )
 
     @property
@@ -236,3 +243,45 @@ def _check_contact(email: str, phone: str) -> tuple[str, str]:
     if not _PHONE.match(phone):
         raise InvalidValue("not a phone number", field="phone")
     return email, phone
+
+
+class Basis(enum.StrEnum):
+    """Why an establishment knows a patient (besides having registered them)."""
+
+    BOOKED = "booked"  # an appointment there, whoever booked it, whatever became of it
+    CONSENTED = "consented"  # the patient allowed it to book for them
+
+
+class CareRelationship(Aggregate):
+    """That a patient is known at an establishment, so its practice may book for them.
+
+    One per (establishment, patient), under a deterministic id: the first
+    booking or consent creates it in the same append as itself, and two such
+    firsts race on its version, so it is written once and never lost. It lives
+    in the log, so no read-model rebuild can make a practice forget a patient.
+    """
+
+    @event("Started")
+    def __init__(self, establishment_id: UUID, patient_id: UUID, basis: Basis) -> None:
+        self.establishment_id = establishment_id
+        self.patient_id = patient_id
+        self.basis = basis
+
+    @staticmethod
+    def create_id(establishment_id: UUID, patient_id: UUID) -> UUID:
+        return uuid5(NAMESPACE_URL, f"/relationship/{establishment_id}/{patient_id}")
+
+    @classmethod
+    def start(cls, establishment_id: UUID, patient_id: UUID, basis: Basis) -> "CareRelationship":
+        return cls(establishment_id=establishment_id, patient_id=patient_id, basis=basis)
+
+
+def known_at(
+    establishment_id: UUID, patient: Patient, relationship: CareRelationship | None
+) -> bool:
+    """Whether the establishment's practice may book for this patient.
+
+    It must know them already, or booking would let it read the name of any
+    patient whose id it holds off its own agenda ("book-to-reveal").
+    """
+    return relationship is not None or patient.registered_by_establishment == establishment_id

@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import psutil  # type: ignore[import-untyped]
 
+from infra.backfill import run_once
+from infra.deadlines import bounded
 from infra.eventstore import EventStore
 from infra.http.keys import Services
 from infra.ledger import Ledger
@@ -123,13 +125,24 @@ async def release_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+# How long one SQL statement may run. It also bounds what asyncpg does after
+# a statement is cancelled or times out (the CancelRequest, then the wait for
+# the server to confirm it), so on a server that stopped answering a pooled
+# connection is closed within about twice this. Requests do not wait for
+# that: they are answered at their deadline (infra/http/deadline.py).
+STATEMENT_TIMEOUT = 30.0
+
+
 async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
     settings = settings or Settings()
     pool = await asyncpg.create_pool(
         url,
         min_size=settings.pool_min,
         max_size=settings.pool_max,
-        command_timeout=30,
+        # A new connection to a server that accepts but does not answer would
+        # otherwise wait asyncpg's default of 60 s, holding a pool slot.
+        timeout=settings.database_timeout,
+        command_timeout=STATEMENT_TIMEOUT,
         reset=release_connection,
     )
     async with pool.acquire() as conn:
@@ -137,6 +150,7 @@ async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
     # Read models exist from the start, so reads answer (empty) rather than fail.
     for projection in all_projections():
         await Projector(pool, projection).ensure()
+    await run_once(pool, PostgresRepository(EventStore(pool)))
     return pool
 
 
@@ -145,13 +159,19 @@ def build_services(
     clock: Clock | None = None,
     nats: NatsLink | None = None,
     ledger: Ledger | None = None,
+    settings: Settings | None = None,
 ) -> Services:
+    settings = settings or Settings()
     clock = clock or SystemClock()
     repo = PostgresRepository(EventStore(pool))
-    read = PostgresReadModels(pool)
+    # A read-your-writes wait leaves the read itself (and its access entry)
+    # one database timeout before the request's deadline.
+    read = PostgresReadModels(pool, max_wait=settings.request_timeout - settings.database_timeout)
 
     async def database() -> str:
-        await asyncio.wait_for(pool.fetchval("SELECT 1"), 2)
+        # Not asyncio.wait_for: it waits for the cancelled query's cleanup,
+        # which on a frozen server outlasts the timeout by 30 s.
+        await bounded(pool.fetchval("SELECT 1"), settings.database_timeout)
         return "ok"
 
     async def nats_check() -> str:

@@ -25,6 +25,7 @@ from infra.bootstrap import (
     start_servers,
 )
 from infra.http.app import create_app
+from infra.http.headers import EscapingAccessLogger
 from infra.http.server import ProblemRunner
 from infra.http.throttle import ThrottlePolicy
 from infra.ledger import verify_ledger
@@ -95,7 +96,7 @@ async def _serve(settings: Settings, servers: Servers, args: argparse.Namespace)
         connect_nats(servers.nats_url) as link,
         background(pool, link, StreamNames(settings.stream)),
     ):
-        services = build_services(pool, nats=link)
+        services = build_services(pool, nats=link, settings=settings)
         world = await seed(services, settings.data_dir / "demo.json")
         slot = await first_free_slot(services, world)
         policy = ThrottlePolicy(
@@ -105,7 +106,10 @@ async def _serve(settings: Settings, servers: Servers, args: argparse.Namespace)
             settings.enumeration_window,
             settings.suspend_on_enumeration,
         )
-        runner = ProblemRunner(create_app(services, policy))
+        runner = ProblemRunner(
+            create_app(services, policy, request_timeout=settings.request_timeout),
+            access_log_class=EscapingAccessLogger,
+        )
         await runner.setup()
         try:
             await web.TCPSite(runner, settings.http_host, settings.http_port).start()

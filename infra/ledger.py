@@ -38,6 +38,7 @@ from domain.ledger import (
     link,
 )
 from infra.codec import TypedMapper
+from infra.deadlines import bounded
 from infra.eventstore import EventStore
 from infra.metrics import LEDGER_BATCH_SIZE, LEDGER_ENTRIES, LEDGER_FAILURES, LEDGER_WRITE_SECONDS
 from infra.schema import SCHEMA
@@ -153,8 +154,11 @@ class Ledger:
     async def _write(self, batch: list[_Waiting]) -> None:
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.write_timeout):
-                first = await self._append([w.record for w in batch])
+            # Bounded even when PostgreSQL hangs: a timeout that waits for the
+            # cancelled INSERT to clean up would hold every caller 30-60 s.
+            first = await bounded(
+                self._append([w.record for w in batch]), self.write_timeout, "the access ledger"
+            )
         except Exception as e:
             # Whatever went wrong, the entries are not known to be durable.
             # The head is not known either: the INSERT may have committed.

@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.idempotency_keys (
     PRIMARY KEY (scope, key)
 );
 
+-- One-off data migrations already run on this database (infra/backfill.py).
+CREATE TABLE IF NOT EXISTS {SCHEMA}.migrations (
+    name text PRIMARY KEY,
+    done_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE IF NOT EXISTS {SCHEMA}.relay_checkpoints (
     stream text PRIMARY KEY,
     tx xid8 NOT NULL,

@@ -90,10 +90,13 @@ async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
             hours=hours,
         )
         practitioners.append(str(made.id))
+    # The demo patients were registered at the desk, so the demo practitioner,
+    # desk and software may book for them (a practice books only patients it knows).
+    desk = Actor(ActorKind.STAFF, uuid4(), establishment_id=saved.id)
     patients = []
     for first, last, born, sex, email, phone in PATIENTS:
         made = await directory.register_patient(
-            root,
+            desk,
             meta,
             first_name=first,
             last_name=last,

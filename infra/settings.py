@@ -24,6 +24,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     enumeration_misses: Annotated[int, msgspec.Meta(ge=1)] = 20
     enumeration_window: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     suspend_on_enumeration: bool = True
+    # Deadlines for a database that does not answer (docs/operations.md): every
+    # request is answered within request_timeout, with 503 + Retry-After if
+    # need be; a connection attempt and /readyz give up after database_timeout.
+    request_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 5.0
+    database_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.0
+
+    def __post_init__(self) -> None:
+        # A read-your-writes wait gets what the request timeout leaves after one
+        # database timeout (infra/bootstrap.py), so that must be something.
+        if self.database_timeout >= self.request_timeout:
+            raise ValueError("CARNET_DATABASE_TIMEOUT must be less than CARNET_REQUEST_TIMEOUT")
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

@@ -9,7 +9,14 @@ from uuid import UUID
 from domain import agenda
 from domain.agenda import AgendaDay, Appointment
 from domain.calendar import local_day, require_aware
-from domain.directory import Patient, Practitioner
+from domain.directory import (
+    Basis,
+    CareRelationship,
+    Establishment,
+    Patient,
+    Practitioner,
+    known_at,
+)
 from domain.errors import Forbidden, IdempotencyKeyReused, InvalidValue, NotFound, SlotTaken
 from domain.values import Interval, Source
 from services.actors import Actor, ActorKind
@@ -32,6 +39,12 @@ class Booked:
 class Changed:
     appointment: Appointment
     position: int
+
+
+@dataclass(frozen=True)
+class Consented:
+    relationship_id: UUID
+    position: int  # 0 when the establishment already knew the patient
 
 
 def _resource(a: Appointment) -> Resource:
@@ -128,12 +141,21 @@ class BookingService:
             practitioner = await get_or_404(
                 self.repo, Practitioner, practitioner_id, "practitioner_id"
             )
-            resource = Resource(
-                Kind.APPOINTMENT, patient_id, practitioner.id, practitioner.establishment_id
-            )
+            place = practitioner.establishment_id
             scopes = await scopes_of(self.repo, actor, practitioner.id)
-            require(actor, Action.BOOK, resource, "patient_id", scopes=scopes)
-            await get_or_404(self.repo, Patient, patient_id, "patient_id")
+            patient = await self.repo.get(Patient, patient_id)
+            relationship = await self.repo.get(
+                CareRelationship, CareRelationship.create_id(place, patient_id)
+            )
+            known = patient is not None and known_at(place, patient, relationship)
+            resource = Resource(
+                Kind.APPOINTMENT, patient_id, practitioner.id, place, patient_known=known
+            )
+            # A stranger, someone else or no one at all: one answer, so that
+            # booking never tells whether a patient id exists.
+            require(actor, Action.BOOK, resource, "patient_id", "patient", scopes)
+            if patient is None:
+                raise NotFound("no such patient", field="patient_id")
             motive = practitioner.motive(motive_id)
             slot_end = end or start + timedelta(minutes=motive.duration_minutes)
             practitioner.check_bookable(
@@ -162,8 +184,37 @@ class BookingService:
                 if idempotency_key is not None
                 else None
             )
-            position = await self.repo.save([day, appointment], meta, claim)
+            changed = [day, appointment]
+            if relationship is None:
+                # The first booking there makes the patient known to that practice;
+                # a concurrent first booking conflicts on it and is retried.
+                changed.append(CareRelationship.start(place, patient_id, Basis.BOOKED))
+            position = await self.repo.save(changed, meta, claim)
             return Booked(appointment, position)
+
+        return await retrying(attempt)
+
+    async def consent_to_bookings(
+        self, actor: Actor, meta: Metadata, *, patient_id: UUID, establishment_id: UUID
+    ) -> Consented:
+        """The patient lets an establishment's practice book for them (position 0 if it
+        already knew them through a booking or an earlier consent)."""
+
+        async def attempt() -> Consented:
+            require(
+                actor,
+                Action.MANAGE,
+                Resource(Kind.PATIENT, patient_id=patient_id),
+                "patient_id",
+                "patient",
+            )
+            await get_or_404(self.repo, Patient, patient_id, "patient_id")
+            await get_or_404(self.repo, Establishment, establishment_id, "establishment_id")
+            relationship_id = CareRelationship.create_id(establishment_id, patient_id)
+            if await self.repo.get(CareRelationship, relationship_id) is not None:
+                return Consented(relationship_id, 0)
+            relationship = CareRelationship.start(establishment_id, patient_id, Basis.CONSENTED)
+            return Consented(relationship.id, await self.repo.save([relationship], meta))
 
         return await retrying(attempt)
 

@@ -127,7 +127,15 @@ class DirectoryService:
         if not allowed(actor, Action.CREATE, Resource(Kind.PATIENT)):
             raise Forbidden("only staff and admins register patients")
         patient = Patient.register(
-            first_name, last_name, birth_date, sex, email, phone, today=self.clock.now().date()
+            first_name,
+            last_name,
+            birth_date,
+            sex,
+            email,
+            phone,
+            today=self.clock.now().date(),
+            # A desk's patients are known to its practice, which may book for them.
+            registered_by_establishment=actor.establishment_id,
         )
         return Saved(patient.id, await self.repo.save([patient], meta))
 

@@ -41,6 +41,9 @@ class Resource:
     practitioner_id: UUID | None = None
     establishment_id: UUID | None = None
     token_id: UUID | None = None
+    # For BOOK: the patient is known at establishment_id (booked there before,
+    # registered by its desk, or consented): see `_knows_the_patient`.
+    patient_known: bool = False
 
 
 # Public directory data: any authenticated actor may read it.
@@ -81,6 +84,8 @@ def decide(
                 or (actor.kind is ActorKind.PATIENT and resource.patient_id == actor.id)
             )
         )
+    if action is Action.BOOK and not _knows_the_patient(actor, resource):
+        return DENY
     match actor.kind:
         case ActorKind.PATIENT:
             return Decision(_patient(actor, action, resource))
@@ -98,6 +103,17 @@ def allowed(
     actor: Actor, action: Action, resource: Resource, scopes: frozenset[str] = NOTHING
 ) -> bool:
     return decide(actor, action, resource, scopes).allowed
+
+
+def _knows_the_patient(actor: Actor, r: Resource) -> bool:
+    """A practice books only patients it already knows; a patient books only themself.
+
+    Otherwise a practitioner, desk or granted software could book any patient
+    id on its own agenda and read that patient's name there (book-to-reveal).
+    """
+    if actor.kind is ActorKind.PATIENT:
+        return r.patient_id == actor.id
+    return r.patient_known
 
 
 def _integration(action: Action, r: Resource, scopes: frozenset[str]) -> Decision:

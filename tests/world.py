@@ -1,5 +1,6 @@
 """A small world for service and HTTP tests: two establishments, a
-practitioner in each, two patients, and a token for each kind of actor."""
+practitioner in each, two patients (Alice known at the first establishment,
+Bob nowhere), and a token for each kind of actor."""
 
 from dataclasses import dataclass, field
 from datetime import date, time
@@ -63,11 +64,19 @@ async def make_world(services: Services) -> World:
         motives=motives,
         hours=HOURS,
     )
+    # Alice walked in at Cabinet A, whose desk registered her: that practice
+    # knows her and may book for her. Bob signed up on the platform and is
+    # known nowhere until he books somewhere himself.
+    desk = Actor(ActorKind.STAFF, UUID(int=1), establishment_id=e1.id)
+    desk_meta = Metadata(actor_kind="staff", actor_id=str(desk.id))
     patients = []
-    for first, email in (("Alice", "alice@example.org"), ("Bob", "bob@example.org")):
+    for first, email, by, meta in (
+        ("Alice", "alice@example.org", desk, desk_meta),
+        ("Bob", "bob@example.org", ROOT, META),
+    ):
         saved = await d.register_patient(
-            ROOT,
-            META,
+            by,
+            meta,
             first_name=first,
             last_name="Test",
             birth_date=date(1980, 1, 1),

@@ -3,6 +3,7 @@
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from infra.http.deadline import deadline
 from infra.http.keys import SERVICES, Services
 from infra.http.middleware import authenticate, observe, problems
 from infra.http.openapi import openapi_document
@@ -12,9 +13,21 @@ from infra.http.unmatched import unmatched
 from infra.http.wire import MAX_BODY, reply
 
 
-def create_app(services: Services, policy: ThrottlePolicy | None = None) -> web.Application:
+def create_app(
+    services: Services, policy: ThrottlePolicy | None = None, *, request_timeout: float = 5.0
+) -> web.Application:
+    # The deadline sits inside `problems`, which renders its 503, and outside
+    # everything that may wait on the database (authentication included).
     app = web.Application(
-        middlewares=[observe, problems, authenticate, throttle, unmatched], client_max_size=MAX_BODY
+        middlewares=[
+            observe,
+            problems,
+            deadline(request_timeout),
+            authenticate,
+            throttle,
+            unmatched,
+        ],
+        client_max_size=MAX_BODY,
     )
     app[SERVICES] = services
     app[THROTTLE] = Throttle(policy or ThrottlePolicy())

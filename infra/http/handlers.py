@@ -157,6 +157,26 @@ async def change_contact_details(request: web.Request) -> web.Response:
     return reply(patient_out(found), 200, saved.position)
 
 
+async def give_consent(request: web.Request) -> web.Response:
+    patient_id = path_id(request, "patient_id", "patient")
+    body = await read_body(request, s.GiveConsent)
+    given = await services_of(request).booking.consent_to_bookings(
+        actor_of(request),
+        meta_of(request),
+        patient_id=patient_id,
+        establishment_id=body.establishment_id,
+    )
+    note(
+        request,
+        record_ids=[patient_id],
+        patient_ids=[patient_id],
+        fields=("consent",),
+        as_of=given.position,
+    )
+    out = s.ConsentOut(patient_id=patient_id, establishment_id=body.establishment_id)
+    return reply(out, 200, given.position or None)
+
+
 # -- appointments -----------------------------------------------------------
 
 APPOINTMENT_FIELDS = tuple(s.AppointmentOut.__struct_fields__)

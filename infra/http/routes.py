@@ -232,6 +232,18 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST",
+        "/patients/{patient_id}/consents",
+        h.give_consent,
+        "Let an establishment's practice book for this patient (the patient, or an admin)",
+        "patients",
+        s.ConsentOut,
+        200,
+        s.GiveConsent,
+        errors=WRITE_ERRORS,
+        audit=Audit("patient", "change", ("patient_id",)),
+    ),
+    Route(
+        "POST",
         "/appointments",
         h.book,
         "Book an appointment",

@@ -110,6 +110,10 @@ class BookAppointment(Strict):
     patient_id: UUID | None = None
 
 
+class GiveConsent(Strict):
+    establishment_id: UUID
+
+
 class CancelAppointment(Strict):
     reason: Reason = ""
 
@@ -341,6 +345,11 @@ class Problem(Out):
 
 class Created(Out):
     id: UUID
+
+
+class ConsentOut(Out):
+    patient_id: UUID
+    establishment_id: UUID
 
 
 class TokenStateOut(Out):

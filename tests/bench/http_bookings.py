@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -32,7 +32,7 @@ import psutil  # type: ignore[import-untyped]
 from domain.values import BookingPolicy, Motive, Sex
 from infra.bootstrap import build_services
 from infra.http.keys import Services
-from services.actors import ActorKind
+from services.actors import Actor, ActorKind
 from tests.bench import append
 from tests.bench.common import (
     Config,
@@ -87,17 +87,19 @@ async def make_plan(services: Services) -> Plan:
         ).id
         for i in range(PRACTITIONERS)
     ]
-    patients = [await bench_patient(services, i) for i in range(PATIENTS)]
+    # Registered at this desk: the clinic knows them, so its desk may book them.
+    desk = Actor(ActorKind.STAFF, uuid4(), establishment_id=place.id)
+    patients = [await bench_patient(services, i, desk) for i in range(PATIENTS)]
     staff = await services.credentials.issue_token(
         ROOT, META, ActorKind.STAFF, None, place.id, label="bench desk"
     )
     return Plan(staff.secret, practitioners, patients)
 
 
-async def bench_patient(services: Services, i: int) -> UUID:
-    """Register the i-th bench patient; its id."""
+async def bench_patient(services: Services, i: int, by: Actor = ROOT) -> UUID:
+    """Register the i-th bench patient (by the platform, or at a desk); its id."""
     saved = await services.directory.register_patient(
-        ROOT,
+        by,
         META,
         first_name=f"Patient{i}",
         last_name="Bench",

@@ -85,6 +85,7 @@ MATRIX: dict[tuple[str, str], Cells] = {
     ("POST", "/appointments/{appointment_id}/fulfilled"): _MARK,
     ("GET", "/patients/{patient_id}"): _PATIENT,
     ("PUT", "/patients/{patient_id}/contact"): _PATIENT,
+    ("POST", "/patients/{patient_id}/consents"): _PATIENT,
     # An admin listing an unknown patient's appointments gets an empty list.
     ("GET", "/patients/{patient_id}/appointments"): {**_PATIENT, "admin": (200, 200, 200)},
     ("GET", "/practitioners/{practitioner_id}/agenda"): cells(
@@ -190,6 +191,8 @@ async def request_for(
         kwargs = {}
         if template.endswith("/contact"):
             kwargs["json"] = {"email": f"{obj}@example.org", "phone": "+33 6 55 55 55 55"}
+        elif template.endswith("/consents"):
+            kwargs["json"] = {"establishment_id": str(board.world.other_establishment)}
         return template.replace("{patient_id}", target), kwargs, target
     if template == "/practitioners/{practitioner_id}/agenda":
         target = board.practitioner(obj)

@@ -290,6 +290,15 @@ async def _contact(sc: Scene) -> Expect:
     return Expect("patient", "patient", "change", {alice}, {alice})
 
 
+@example("POST", "/patients/{patient_id}/consents")
+async def _consent(sc: Scene) -> Expect:
+    bob = str(sc.world.other_patient)
+    there = {"establishment_id": str(sc.world.establishment)}
+    body = await sc.call("POST", f"/patients/{bob}/consents", "other_patient", 200, json=there)
+    assert body == {"patient_id": bob, "establishment_id": there["establishment_id"]}
+    return Expect("other_patient", "patient", "change", {bob}, {bob})
+
+
 @example("POST", "/appointments")
 async def _book(sc: Scene) -> Expect:
     body = await sc.call(

@@ -5,11 +5,13 @@ from uuid import uuid4
 import pytest
 
 from domain.agenda import AgendaDay
-from domain.directory import Establishment, Patient, Practitioner
+from domain.credentials import Grant
+from domain.directory import CareRelationship, Establishment, Patient, Practitioner
 from domain.errors import Forbidden, IdempotencyKeyReused, NotFound, SlotTaken, TooLate
 from domain.values import Motive, OpeningHours, Sex, Status
 from services.actors import Actor, ActorKind
 from services.booking import BookingService
+from services.directory import DirectoryService
 from services.ports import Metadata
 from tests.conftest import FakeClock
 from tests.unit.fakes import FakeRepository
@@ -146,3 +148,138 @@ async def test_patients_cannot_mark_their_own_appointment_as_fulfilled(setup):
         await service.mark(ann, META, booked.appointment.id, "fulfilled")
     changed = await service.mark(doctor, META, booked.appointment.id, "noshow")
     assert changed.appointment.status is Status.NOSHOW
+
+
+# -- book-to-reveal: the practice books only patients it already knows --------
+
+
+async def practice_member(repo: FakeRepository, p: Practitioner, kind: str) -> Actor:
+    """Someone who may book on p's agenda: p, the desk, or software granted on p."""
+    if kind == "practitioner":
+        return Actor(ActorKind.PRACTITIONER, p.id)
+    if kind == "staff":
+        return Actor(ActorKind.STAFF, uuid4(), p.establishment_id)
+    software = Actor(ActorKind.INTEGRATION, uuid4())
+    grant = Grant(practitioner_id=p.id, integration_id=software.id, scopes=("appointments:write",))
+    await repo.save([grant], META)
+    return software
+
+
+PRACTICE = ["practitioner", "staff", "integration"]
+
+
+@pytest.mark.parametrize("kind", PRACTICE)
+async def test_the_practice_booking_a_stranger_is_told_what_it_is_told_for_nobody(setup, kind):
+    service, repo, _, p, _, ben, _ = setup
+    who = await practice_member(repo, p, kind)
+    saves = len(repo.saves)
+    with pytest.raises(NotFound) as stranger:
+        await service.book(
+            who, META, practitioner_id=p.id, motive_id="consultation", start=NINE, patient_id=ben.id
+        )
+    with pytest.raises(NotFound) as nobody:
+        await service.book(
+            who,
+            META,
+            practitioner_id=p.id,
+            motive_id="consultation",
+            start=NINE,
+            patient_id=uuid4(),
+        )
+    assert (stranger.value.detail, stranger.value.field) == (
+        nobody.value.detail,
+        nobody.value.field,
+    )
+    assert stranger.value.field == "patient_id"
+    assert len(repo.saves) == saves  # nothing appended
+
+
+@pytest.mark.parametrize("kind", PRACTICE)
+async def test_a_patient_who_booked_here_before_may_then_be_booked_by_the_practice(setup, kind):
+    service, repo, _, p, _, ben, _ = setup
+    who = await practice_member(repo, p, kind)
+    later = NINE + timedelta(minutes=20)
+    with pytest.raises(NotFound):
+        await service.book(
+            who,
+            META,
+            practitioner_id=p.id,
+            motive_id="consultation",
+            start=later,
+            patient_id=ben.id,
+        )
+    # Ben books for himself, knowing no one there: that needs no relationship.
+    own = await service.book(ben, META, practitioner_id=p.id, motive_id="consultation", start=NINE)
+    await service.cancel(ben, META, own.appointment.id, "changed my mind")  # any status counts
+    booked = await service.book(
+        who, META, practitioner_id=p.id, motive_id="consultation", start=later, patient_id=ben.id
+    )
+    assert booked.appointment.patient_id == ben.id
+
+
+async def test_a_patient_registered_at_the_desk_may_be_booked_there_and_nowhere_else(setup):
+    service, repo, clock, p, _, _, doctor = setup
+    desk = Actor(ActorKind.STAFF, uuid4(), p.establishment_id)
+    carl = await DirectoryService(repo, clock).register_patient(
+        desk,
+        META,
+        first_name="Carl",
+        last_name="Walk-In",
+        birth_date=date(1975, 3, 3),
+        sex=Sex.MALE,
+        email="carl@example.org",
+        phone="+33 6 44 44 44 44",
+    )
+    registered = await repo.get(Patient, carl.id)
+    assert registered is not None and registered.registered_by_establishment == p.establishment_id
+    booked = await service.book(
+        doctor, META, practitioner_id=p.id, motive_id="consultation", start=NINE, patient_id=carl.id
+    )
+    assert booked.appointment.patient_id == carl.id
+    elsewhere = Establishment.register("Other", "2 rue B", "Lyon")
+    p2 = Practitioner.register("Dr B", "GP", elsewhere)
+    p2.add_motive(Motive("consultation", "Consultation", 20))
+    p2.set_opening_hours(p.hours)
+    await repo.save([elsewhere, p2], META)
+    with pytest.raises(NotFound):
+        await service.book(
+            Actor(ActorKind.PRACTITIONER, p2.id),
+            META,
+            practitioner_id=p2.id,
+            motive_id="consultation",
+            start=NINE,
+            patient_id=carl.id,
+        )
+
+
+async def test_a_patient_may_consent_to_be_booked_by_an_establishment(setup):
+    service, _, _, p, ann, ben, doctor = setup
+    with pytest.raises(NotFound):  # only Ben himself consents for Ben
+        await service.consent_to_bookings(
+            ann, META, patient_id=ben.id, establishment_id=p.establishment_id
+        )
+    given = await service.consent_to_bookings(
+        ben, META, patient_id=ben.id, establishment_id=p.establishment_id
+    )
+    assert given.position > 0
+    again = await service.consent_to_bookings(
+        ben, META, patient_id=ben.id, establishment_id=p.establishment_id
+    )
+    assert again.position == 0  # already known there: nothing more to record
+    booked = await service.book(
+        doctor, META, practitioner_id=p.id, motive_id="consultation", start=NINE, patient_id=ben.id
+    )
+    assert booked.appointment.patient_id == ben.id
+
+
+async def test_two_first_bookings_of_one_patient_at_one_place_both_succeed(setup):
+    service, repo, _, p, ann, _, _ = setup
+    both = await asyncio.gather(
+        *(
+            service.book(ann, META, practitioner_id=p.id, motive_id="consultation", start=at)
+            for at in (NINE, NINE + timedelta(minutes=20))
+        )
+    )
+    assert len({b.appointment.id for b in both}) == 2
+    known = await repo.get(CareRelationship, CareRelationship.create_id(p.establishment_id, ann.id))
+    assert known is not None and known.version == 1  # recorded once, by the winner

@@ -73,7 +73,8 @@ def test_an_integration_needs_a_grant_and_sees_no_identity_without_contact_scope
     )
     assert full.allowed and full.hidden == frozenset()
     assert not allowed(software, Action.BOOK, APPOINTMENT, frozenset({"agenda:read"}))
-    assert allowed(software, Action.BOOK, APPOINTMENT, frozenset({"appointments:write"}))
+    known = Resource(Kind.APPOINTMENT, PATIENT, DOCTOR, PLACE, patient_known=True)
+    assert allowed(software, Action.BOOK, known, frozenset({"appointments:write"}))
     assert not allowed(
         software,
         Action.READ,
@@ -98,3 +99,42 @@ def test_the_ledger_is_read_by_analysts_and_each_patient_reads_their_own_entries
     me = actor(ActorKind.PATIENT, PATIENT)
     assert allowed(me, Action.READ, Resource(Kind.ACCESS_LOG, patient_id=PATIENT))
     assert not allowed(me, Action.READ, Resource(Kind.ACCESS_LOG, patient_id=OTHER_PATIENT))
+
+
+@pytest.mark.parametrize(
+    ("who", "scopes"),
+    [
+        (actor(ActorKind.PRACTITIONER, DOCTOR), frozenset()),
+        (actor(ActorKind.STAFF, place=PLACE), frozenset()),
+        (actor(ActorKind.INTEGRATION), frozenset({"appointments:write"})),
+    ],
+    ids=["practitioner", "staff", "integration"],
+)
+def test_the_practice_books_only_a_patient_it_already_knows(who, scopes):
+    # Book-to-reveal: booking a stranger would put their name on the agenda.
+    stranger = Resource(Kind.APPOINTMENT, OTHER_PATIENT, DOCTOR, PLACE)
+    known = Resource(Kind.APPOINTMENT, OTHER_PATIENT, DOCTOR, PLACE, patient_known=True)
+    assert not allowed(who, Action.BOOK, stranger, scopes)
+    assert allowed(who, Action.BOOK, known, scopes)
+    # Knowing the patient opens nothing else: the agenda must still be theirs.
+    elsewhere = Resource(
+        Kind.APPOINTMENT, OTHER_PATIENT, OTHER_DOCTOR, OTHER_PLACE, patient_known=True
+    )
+    assert not allowed(who, Action.BOOK, elsewhere, frozenset())
+
+
+def test_a_patient_books_for_themself_whether_known_or_not_and_never_for_another():
+    me = actor(ActorKind.PATIENT, PATIENT)
+    assert allowed(me, Action.BOOK, APPOINTMENT)
+    mine_known = Resource(Kind.APPOINTMENT, PATIENT, DOCTOR, PLACE, patient_known=True)
+    assert allowed(me, Action.BOOK, mine_known)
+    theirs = Resource(Kind.APPOINTMENT, OTHER_PATIENT, DOCTOR, PLACE, patient_known=True)
+    assert not allowed(me, Action.BOOK, theirs)
+
+
+def test_knowing_the_patient_matters_only_for_booking():
+    # Reading, cancelling or marking an existing appointment is already scoped
+    # to the agenda; the appointment itself proves the relationship.
+    for action in (Action.READ, Action.CANCEL, Action.RESCHEDULE, Action.MARK):
+        assert allowed(actor(ActorKind.PRACTITIONER, DOCTOR), action, APPOINTMENT)
+        assert allowed(actor(ActorKind.STAFF, place=PLACE), action, APPOINTMENT)
