@@ -1,5 +1,6 @@
 """Route handlers: decode, call one use case, render. No SQL here."""
 
+import re
 from typing import Literal
 
 import msgspec
@@ -210,11 +211,20 @@ def _note_appointments(
     )
 
 
+# A structured-field string, as the IETF Idempotency-Key draft has it.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
 async def book(request: web.Request) -> web.Response:
     body = await read_body(request, s.BookAppointment)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise HTTPProblem(400, "invalid-input", "1 to 255 characters", field="Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise HTTPProblem(
+            400,
+            "invalid-input",
+            "1 to 255 printable ASCII characters",
+            field="Idempotency-Key",
+        )
     actor = actor_of(request)
     # Whose data this is about, known before the booking is tried: a refusal names them.
     asked_for = body.patient_id or (actor.id if actor.kind is ActorKind.PATIENT else None)

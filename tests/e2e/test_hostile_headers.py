@@ -230,3 +230,39 @@ async def test_the_access_log_writes_header_values_escaped(
             )
     assert answer.status == 401
     assert caplog.messages == ['"bot\\xff\\xe2\\x80\\xae"']
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_hostile_bytes_in_an_idempotency_key_are_refused_naming_it(client, world, kind):
+    body = msgspec.json.encode(
+        {
+            "practitioner_id": str(world.practitioner),
+            "motive_id": "consultation",
+            "start": paris(WEDNESDAY, "09:00"),
+        }
+    )
+
+    answer = await send_raw(
+        client.server,
+        "/appointments",
+        [bearer(world, "patient"), (b"Idempotency-Key", HOSTILE[kind][:200])],
+        method=b"POST",
+        body=body,
+    )
+
+    assert_no_server_error(answer)
+    assert answer.status == 400, answer
+    assert msgspec.json.decode(answer.body)["field"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_hostile_bytes_in_a_bearer_token_are_an_unknown_token(client, world, kind):
+    answer = await send_raw(
+        client.server,
+        f"/patients/{world.patient}",
+        [(b"Authorization", b"Bearer " + HOSTILE[kind][:200])],
+    )
+
+    assert_no_server_error(answer)
+    assert answer.status == 401, answer
+    assert msgspec.json.decode(answer.body)["field"] == "Authorization"
