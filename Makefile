@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint fmt bench clean
+.PHONY: install run test fuzz lint fmt bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+fuzz: install
+	CARNET_FUZZ_EXAMPLES=100 $(BIN)/pytest --timeout=3600 tests/e2e/test_fuzz.py tests/e2e/test_hostile_properties.py
 
 lint: install
 	$(BIN)/ruff check .

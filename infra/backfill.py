@@ -15,7 +15,6 @@ import logging
 from uuid import UUID
 
 import asyncpg
-from eventsourcing.utils import get_topic
 
 from domain.agenda import Appointment
 from domain.directory import Basis, CareRelationship
@@ -25,6 +24,9 @@ from services.ports import Metadata, VersionConflict
 
 log = logging.getLogger("carnet.backfill")
 NAME = "care-relationships-from-bookings"
+# Topics of classes the @event decorator makes (invisible to type checkers).
+BOOKED = f"{Appointment.__module__}:{Appointment.__qualname__}.Booked"
+STARTED = f"{CareRelationship.__module__}:{CareRelationship.__qualname__}.Started"
 _META = Metadata(actor_kind="system", actor_id="backfill", request_id=NAME)
 
 
@@ -34,13 +36,13 @@ async def backfill_relationships(pool: asyncpg.Pool, repo: PostgresRepository) -
         f"""SELECT DISTINCT (s ->> 'establishment_id')::uuid, (s ->> 'patient_id')::uuid
         FROM {SCHEMA}.events, LATERAL (SELECT convert_from(state, 'UTF8')::jsonb AS s) j
         WHERE topic = $1""",
-        get_topic(Appointment.Booked),
+        BOOKED,
     )
     existing = {
         r[0]
         for r in await pool.fetch(
             f"SELECT originator_id FROM {SCHEMA}.events WHERE topic = $1",
-            get_topic(CareRelationship.Started),
+            STARTED,
         )
     }
     started = 0

@@ -91,6 +91,7 @@ ROUTES: tuple[Route, ...] = (
         "booking",
         s.SearchOut,
         query=s.SearchQuery,
+        errors=(*READ_ERRORS, 422),  # a range backwards or over 31 days
         read_model=True,
     ),
     Route(
@@ -184,6 +185,7 @@ ROUTES: tuple[Route, ...] = (
         "booking",
         s.AvailabilityOut,
         query=s.AvailabilityQuery,
+        errors=(*READ_ERRORS, 422),
         read_model=True,
     ),
     Route(

@@ -1,9 +1,6 @@
 """A log written before care relationships existed keeps its practices' patients."""
 
-from eventsourcing.utils import get_topic
-
-from domain.directory import CareRelationship
-from infra.backfill import backfill_relationships, run_once
+from infra.backfill import STARTED, backfill_relationships, run_once
 from services.actors import ActorKind
 from tests.conftest import T0
 from tests.world import META, ROOT, make_world
@@ -11,9 +8,7 @@ from tests.world import META, ROOT, make_world
 
 async def _forget_relationships(pool) -> None:
     """What a log from before the rule looks like: bookings, no relationships."""
-    await pool.execute(
-        "DELETE FROM carnet.events WHERE topic = $1", get_topic(CareRelationship.Started)
-    )
+    await pool.execute("DELETE FROM carnet.events WHERE topic = $1", STARTED)
 
 
 async def test_past_bookings_make_their_patients_known_again(services, pool):
@@ -81,8 +76,6 @@ async def test_the_backfill_runs_once_per_database(services, pool):
     await _forget_relationships(pool)
     await run_once(pool, services.booking.repo)  # remembered: nothing more is written
 
-    count = await pool.fetchval(
-        "SELECT count(*) FROM carnet.events WHERE topic = $1", get_topic(CareRelationship.Started)
-    )
+    count = await pool.fetchval("SELECT count(*) FROM carnet.events WHERE topic = $1", STARTED)
     assert count == 0
     assert await pool.fetchval("SELECT count(*) FROM carnet.migrations") == 1
