@@ -1,16 +1,34 @@
 """Publishes the committed log to NATS JetStream, in log order, exactly once.
 
-Postgres stays the source of truth. Each message carries `Nats-Msg-Id` = the
-event's position, so JetStream drops a repeat inside its duplicate window;
-outside that window (a long outage) the relay never repeats itself because,
-before every (re)start, it resumes after the last message the stream
-actually holds rather than after its own checkpoint alone.
+Postgres stays the source of truth, and the stream is provably a prefix of
+the log. Each message carries `Nats-Msg-Id` = the event's position and is
+stored only if the stream ends exactly where the relay expects: the first
+message of a batch with `Nats-Expected-Last-Sequence` (the stream sequence the
+relay last saw), every other one with `Nats-Expected-Last-Msg-Id` = the
+previous event's position. So if message k is lost, k+1 is refused rather
+than stored after a hole, and a relay that lost its lease cannot fork the
+stream. On any failure the relay re-reads where the stream really ends and
+goes on from there, never from its own notes alone.
+
+Why not `Nats-Expected-Last-Msg-Id` on every message: the server keeps the
+last message id in memory only. An empty stream has none, and after a restart
+it is rebuilt from the messages inside the duplicate window only (nats-server
+`stream.go`, `rebuildDedupe`), so after a long idle spell every such publish
+would be refused. The sequence survives restarts. A duplicate (same
+`Nats-Msg-Id` inside the window) is acknowledged as such before the msg-id
+check; since nats-server 2.12 the sequence check comes first, so a stale
+duplicate may be refused instead: either way nothing is stored twice.
+
+Each envelope names the previous event too (`prev_tx`, `prev_position`), so a
+NATS-fed projector can tell a hole from the next event.
 """
 
 import asyncio
 import contextlib
+import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -18,9 +36,11 @@ from uuid import UUID
 import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from infra.eventstore import Checkpoint, EventStore, RecordedEvent
+from infra.eventstore import Checkpoint, Connection, EventStore, RecordedEvent
 from infra.metrics import RELAY_PUBLISHED
 from infra.schema import SCHEMA
 from infra.waker import sleep_until
@@ -28,6 +48,14 @@ from infra.waker import sleep_until
 log = logging.getLogger("carnet.relay")
 
 RELAY_LOCK = 72810003
+_TRY_LOCK = "SELECT pg_try_advisory_lock($1, hashtext($2))"
+_UNLOCK = "SELECT pg_advisory_unlock($1, hashtext($2))"
+# The two-key form of an advisory lock shows as classid, objid, objsubid = 2.
+_STILL_HELD = """SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
+    AND pid = pg_backend_pid() AND classid = $1 AND objid = hashtext($2)::oid
+    AND objsubid = 2 AND granted)"""
+# JetStream's answers when the stream does not end where the publisher expected.
+_WRONG_LAST = {10070, 10071, 10164}
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,10 +69,16 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     state: bytes
     recorded_at: datetime
     metadata: dict[str, Any] = {}
+    # The event before this one in log order; None in messages from before the
+    # chain existed (unknown, not a hole). (0, 0) before the log's first event.
+    prev_tx: int | None = None
+    prev_position: int | None = None
 
     @classmethod
-    def of(cls, e: RecordedEvent) -> "Envelope":
+    def of(cls, e: RecordedEvent, previous: Checkpoint | None = None) -> "Envelope":
         return cls(
+            prev_tx=None if previous is None else previous.tx,
+            prev_position=None if previous is None else previous.position,
             position=e.position,
             tx=e.tx,
             originator_id=e.originator_id,
@@ -54,6 +88,16 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
             recorded_at=e.recorded_at,
             metadata=e.metadata,
         )
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.tx, self.position)
+
+    @property
+    def previous(self) -> Checkpoint | None:
+        if self.prev_tx is None or self.prev_position is None:
+            return None
+        return Checkpoint(self.prev_tx, self.prev_position)
 
     def recorded(self) -> RecordedEvent:
         return RecordedEvent(
@@ -101,13 +145,84 @@ async def ensure_stream(js: JetStreamContext, names: StreamNames) -> None:
         )
 
 
-async def last_in_stream(js: JetStreamContext, names: StreamNames) -> Checkpoint | None:
+@dataclass(frozen=True)
+class Tail:
+    """Where the stream ends: its last sequence and the log event stored there."""
+
+    seq: int = 0
+    at: Checkpoint = field(default_factory=Checkpoint)
+
+
+class StreamMoved(Exception):
+    """JetStream refused a message: the stream does not end where this relay thought.
+
+    Another relay published meanwhile, or a message before it was lost; either
+    way the relay must re-read the stream before it publishes again.
+    """
+
+
+async def stream_tail(js: JetStreamContext, names: StreamNames) -> tuple[int, Checkpoint | None]:
+    """The stream's last sequence and the event stored there (None if it holds nothing)."""
     info = await js.stream_info(names.stream)
-    if not info.state.last_seq:
-        return None
-    message = await js.get_msg(names.stream, seq=info.state.last_seq)
-    envelope = decode_envelope(message.data or b"")
-    return Checkpoint(envelope.tx, envelope.position)
+    if not info.state.messages:
+        return info.state.last_seq, None
+    try:
+        message = await js.get_msg(names.stream, seq=info.state.last_seq)
+    except NotFoundError:  # deleted: the last message still there is where to go on from
+        message = await js.get_msg(names.stream, subject=names.all_subjects)
+    return info.state.last_seq, decode_envelope(message.data or b"").checkpoint
+
+
+class Acks:
+    """Publishes to JetStream, each with a future for the server's answer.
+
+    Not `js.publish_async`: in nats-py 2.16 the future of a refused publish
+    never resolves (`APIError.from_error` raises inside its reply handler,
+    nats-io/nats.py#985), so a refusal would cost the whole ack timeout.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.inbox = ""
+        self.sent = 0
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[dict[str, Any]]:
+        if not self.inbox:
+            self.inbox = self.nc.new_inbox()
+            await self.nc.subscribe(f"{self.inbox}.*", cb=self._answer)
+        self.sent += 1
+        token = str(self.sent)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self.waiting.pop(token, None))
+        self.waiting[token] = future
+        try:
+            await self.nc.publish(subject, payload, reply=f"{self.inbox}.{token}", headers=headers)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    async def _answer(self, msg: Msg) -> None:
+        future = self.waiting.get(msg.subject.rsplit(".", 1)[-1])
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(NoStreamResponseError())  # no stream takes this subject
+            return
+        try:
+            future.set_result(json.loads(msg.data))
+        except ValueError as e:
+            future.set_exception(e)
+
+
+def _drop(conn: Connection) -> None:
+    """Close a pooled connection rather than return it to the pool."""
+    # Already released if its connection was lost: asyncpg then closed it itself.
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
 
 
 class Relay:
@@ -118,11 +233,14 @@ class Relay:
         names: StreamNames | None = None,
         batch_size: int = 500,
         ack_timeout: float = 10.0,
+        lease_timeout: float = 2.0,
     ) -> None:
         self.pool = pool
         self.nc = nc
         self.ack_timeout = ack_timeout
+        self.lease_timeout = lease_timeout
         self.js = nc.jetstream()
+        self.acks = Acks(nc)
         self.names = names or StreamNames()
         self.store = EventStore(pool)
         self.batch_size = batch_size
@@ -143,41 +261,72 @@ class Relay:
             checkpoint.position,
         )
 
-    async def resume_point(self) -> Checkpoint:
+    async def resume_point(self) -> Tail:
+        """Where the stream really ends; our checkpoint follows it, even backwards.
+
+        A stream that never held anything gets the whole log, so that it is a
+        prefix of it. One that held messages and lost them all (purged, aged
+        out) can only be continued from our own checkpoint.
+        """
         await ensure_stream(self.js, self.names)
         ours = await self.checkpoint()
-        theirs = await last_in_stream(self.js, self.names)
-        if theirs is not None and theirs > ours:
-            await self._save(theirs)  # published and acked, but we died before noting it
-            return theirs
-        return ours
+        seq, theirs = await stream_tail(self.js, self.names)
+        if theirs is None:
+            if seq:
+                log.warning("relay: stream %s is empty; going on from %s", self.names.stream, ours)
+            theirs = ours if seq else Checkpoint()
+        if theirs != ours:
+            if theirs < ours:
+                log.warning(
+                    "relay: stream %s ends at %s, before %s", self.names.stream, theirs, ours
+                )
+            await self._save(theirs)
+        return Tail(seq, theirs)
 
-    async def publish_batch(self, after: Checkpoint) -> tuple[Checkpoint, int]:
-        """Publish the next batch; return the new checkpoint and how many were sent."""
-        events = await self.store.read_after(after, self.batch_size)
+    async def publish_batch(self, tail: Tail) -> tuple[Tail, int]:
+        """Publish the next batch after `tail`; return the new tail and how many were sent."""
+        events = await self.store.read_after(tail.at, self.batch_size)
         if not events:
-            return after, 0
-        acks = [
-            await self.js.publish_async(
-                self.names.subject(e.topic),
-                encode_envelope(Envelope.of(e)),
-                headers={"Nats-Msg-Id": str(e.position)},
-            )
-            for e in events
-        ]
-        # An ack that never comes (NATS went away mid-batch) must not hang us.
-        async with asyncio.timeout(self.ack_timeout):
-            await asyncio.gather(*acks)
+            return tail, 0
+        pending: list[asyncio.Future[dict[str, Any]]] = []
+        try:
+            previous = tail.at
+            for i, e in enumerate(events):
+                headers = {"Nats-Msg-Id": str(e.position)}
+                if i == 0:
+                    headers["Nats-Expected-Last-Sequence"] = str(tail.seq)
+                else:
+                    headers["Nats-Expected-Last-Msg-Id"] = str(previous.position)
+                payload = encode_envelope(Envelope.of(e, previous))
+                pending.append(
+                    await self.acks.publish(self.names.subject(e.topic), payload, headers)
+                )
+                previous = e.checkpoint
+            # An ack that never comes (NATS went away mid-batch) must not hang us.
+            async with asyncio.timeout(self.ack_timeout):
+                answers = await asyncio.gather(*pending)
+        finally:
+            for future in pending:
+                future.cancel()  # no one waits for the rest of a failed batch
+        for answer in answers:
+            if error := answer.get("error"):
+                if error.get("err_code") in _WRONG_LAST:
+                    raise StreamMoved(f"stream {self.names.stream}: {error.get('description')}")
+                raise APIError(error.get("code"), error.get("description"), error.get("err_code"))
         checkpoint = events[-1].checkpoint
         await self._save(checkpoint)  # only after every PubAck
         RELAY_PUBLISHED.inc(len(events))
-        return checkpoint, len(events)
+        return Tail(int(answers[-1]["seq"]), checkpoint), len(events)
 
     async def catch_up(self) -> int:
-        after = await self.resume_point()
+        tail = await self.resume_point()
         published = 0
         while True:
-            after, sent = await self.publish_batch(after)
+            try:
+                tail, sent = await self.publish_batch(tail)
+            except StreamMoved:
+                tail = await self.resume_point()
+                continue
             if not sent:
                 return published
             published += sent
@@ -187,38 +336,78 @@ class Relay:
 
         Every `carnet run` starts a relay; a session advisory lock per stream
         lets one publish while the others stand by, so the stream's order is
-        the log's. If the lock's connection drops, another relay takes over.
+        the log's. If the lock's connection drops, another relay takes over,
+        and this one stops publishing at its next batch (it checks the lock is
+        still its own before each); a batch already on its way is refused by
+        the stream, whose end has moved.
         """
-        key = (RELAY_LOCK, self.names.stream)
-        while True:
-            async with self.pool.acquire() as conn:
-                held = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", *key)
-                if not held:
-                    await asyncio.sleep(idle * 4)
-                    continue
-                try:
-                    await self._publish(wake, idle)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", *key)
-
-    async def _publish(self, wake: asyncio.Event, idle: float) -> None:
-        """Publish until cancelled; back off while NATS is unreachable."""
-        backoff = 0.1
-        after: Checkpoint | None = None
         while True:
             try:
-                if after is None:
-                    after = await self.resume_point()
-                after, sent = await self.publish_batch(after)
+                await self._lead(wake, idle)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("relay: %s: %s; standing by", type(e).__name__, e)
+            await asyncio.sleep(idle * 4)
+
+    async def _lead(self, wake: asyncio.Event, idle: float) -> None:
+        """Publish while this relay holds the stream's lock; return once it does not."""
+        key = (RELAY_LOCK, self.names.stream)
+        async with self.pool.acquire() as conn:
+            held: bool | None = None
+            try:
+                async with asyncio.timeout(self.lease_timeout):
+                    held = bool(await conn.fetchval(_TRY_LOCK, *key))
+                if held:
+                    await self._publish(wake, idle, lambda: self._still_held(conn, key))
+            finally:
+                if held is not False:
+                    await self._let_go(conn, key)
+
+    async def _still_held(self, conn: Connection, key: tuple[int, str]) -> bool:
+        try:
+            async with asyncio.timeout(self.lease_timeout):
+                return bool(await conn.fetchval(_STILL_HELD, *key))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("relay: cannot check the lock of %s (%s)", self.names.stream, e)
+            return False
+
+    async def _let_go(self, conn: Connection, key: tuple[int, str]) -> None:
+        """Unlock, or drop the session: a pooled session must never keep the lock."""
+        try:
+            async with asyncio.timeout(self.lease_timeout):
+                await conn.execute(_UNLOCK, *key)
+        except asyncio.CancelledError:
+            _drop(conn)
+            raise
+        except Exception:
+            _drop(conn)
+
+    async def _publish(
+        self, wake: asyncio.Event, idle: float, still_held: Callable[[], Awaitable[bool]]
+    ) -> None:
+        """Publish while the lock is ours; back off while NATS is unreachable."""
+        backoff = 0.1
+        tail: Tail | None = None
+        while True:
+            if not await still_held():
+                log.warning("relay: lost the lock of stream %s; standing by", self.names.stream)
+                return
+            try:
+                if tail is None:
+                    tail = await self.resume_point()
+                tail, sent = await self.publish_batch(tail)
                 backoff = 0.1
                 if sent:
                     continue
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
-                log.warning("relay: %s: %s; retrying in %.1fs", type(e).__name__, e, backoff)
-                after = None  # re-read where the stream really is before going on
+            except Exception as e:  # StreamMoved among others
+                reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                log.warning("relay: %s; retrying in %.1fs", reason, backoff)
+                tail = None  # re-read where the stream really is before going on
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
