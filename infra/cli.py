@@ -32,9 +32,10 @@ from infra.ledger import verify_ledger
 from infra.nats_worker import NatsProjector
 from infra.natslink import NatsLink
 from infra.projector import Projector, statuses
-from infra.relay import Relay, StreamNames
+from infra.relay import Relay
 from infra.seed import first_free_slot, seed
 from infra.settings import Settings, load_settings
+from infra.stream import StreamNames
 from infra.waker import Waker
 from infra.workers import background
 from projections import all_projections

@@ -27,6 +27,16 @@ PROJECTION_RUNNING = Gauge(
     ["projection"],
 )
 RELAY_PUBLISHED = Counter("carnet_relay_published_total", "Events published to JetStream")
+RELAY_REFUSED = Counter(
+    "carnet_relay_refused_total",
+    "Batches JetStream refused, or publishing stopped, because the stream or the lock moved",
+    ["reason"],
+)
+STREAM_HOLES = Counter(
+    "carnet_nats_stream_holes_total",
+    "Holes a NATS-fed projection worker found in the stream (it holds before them)",
+    ["projection"],
+)
 LEDGER_ENTRIES = Counter("carnet_ledger_entries_total", "Access-ledger entries made durable")
 LEDGER_BATCH_SIZE = Histogram(
     "carnet_ledger_batch_size",

@@ -27,9 +27,9 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from infra.eventstore import Checkpoint, RecordedEvent
-from infra.metrics import PROJECTION_RUNNING
+from infra.metrics import PROJECTION_RUNNING, STREAM_HOLES
 from infra.projector import Projector
-from infra.relay import Envelope, StreamNames, decode_envelope, ensure_stream
+from infra.stream import Envelope, StreamNames, decode_envelope, ensure_stream
 from infra.waker import sleep_until
 
 log = logging.getLogger("carnet.nats_worker")
@@ -90,6 +90,7 @@ class NatsProjector:
             except Hole as e:
                 log.error("projection %s: %s; reading again shortly", self.projector.name, e)
                 PROJECTION_RUNNING.labels(self.projector.name).set(0)  # held, not advancing
+                STREAM_HOLES.labels(self.projector.name).inc()
             except NatsError as e:  # NATS away, or the stream re-created under us
                 log.warning("projection %s: %s; reading again shortly", self.projector.name, e)
             await sleep_until(stop, self.retry)

@@ -9,7 +9,8 @@ import asyncpg
 
 from infra.natslink import NatsLink
 from infra.projector import Projector
-from infra.relay import Relay, StreamNames
+from infra.relay import Relay
+from infra.stream import StreamNames
 from infra.waker import Waker
 from projections import all_projections
 

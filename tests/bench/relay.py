@@ -25,9 +25,10 @@ from nats.js.client import JetStreamContext
 
 from infra.bootstrap import open_pool
 from infra.eventstore import Checkpoint, EventStore, RecordedEvent
-from infra.relay import Envelope, Relay, StreamNames, encode_envelope, ensure_stream
+from infra.relay import Relay
 from infra.schema import SCHEMA
 from infra.settings import Settings
+from infra.stream import Envelope, StreamNames, encode_envelope, ensure_stream
 from tests.bench.common import (
     RUN_ID,
     Config,

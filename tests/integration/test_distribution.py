@@ -16,7 +16,8 @@ from infra import embedded
 from infra.http.keys import Services
 from infra.nats_worker import NatsProjector
 from infra.projector import CHECKPOINTS, Projector
-from infra.relay import Relay, StreamNames, decode_envelope
+from infra.relay import Relay
+from infra.stream import StreamNames, decode_envelope
 from infra.waker import Waker
 from projections import all_projections
 from tests.integration.test_projections import dump

@@ -17,12 +17,14 @@ import asyncpg
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
 
 from infra.eventstore import Checkpoint, EventStore
 from infra.http.keys import Services
 from infra.nats_worker import NatsProjector
 from infra.projector import Projector
-from infra.relay import RELAY_LOCK, Relay, StreamNames, decode_envelope
+from infra.relay import RELAY_LOCK, Relay
+from infra.stream import StreamNames, decode_envelope
 from infra.waker import Waker
 from tests.conftest import Servers
 from tests.integration.test_distribution import AGENDA, applied, stream_positions, until
@@ -185,6 +187,11 @@ async def test_a_relay_that_lost_its_lock_never_publishes_between_its_successors
         assert 0 < len(late) <= 7  # the batch it held, then nothing: it stood down
 
 
+def _holes(projection: str) -> float:
+    found = REGISTRY.get_sample_value("carnet_nats_stream_holes_total", {"projection": projection})
+    return found or 0.0
+
+
 async def test_a_nats_fed_projector_does_not_apply_past_a_hole_in_the_stream(
     pool, servers, services: Services, world: World, caplog
 ):
@@ -197,6 +204,7 @@ async def test_a_nats_fed_projector_does_not_apply_past_a_hole_in_the_stream(
         await nc.jetstream().delete_msg(names.stream, hole + 1)  # a fresh stream: seq = index + 1
 
         copy = Projector(pool, AGENDA, instance="agenda_nats")
+        holes_before = _holes("agenda_nats")
         halt = asyncio.Event()
         feeder = NatsProjector(copy, nc, names, 10)
         feeder.retry = 0.2  # reads again soon after it meets the hole
@@ -214,6 +222,7 @@ async def test_a_nats_fed_projector_does_not_apply_past_a_hole_in_the_stream(
             assert await applied(pool, "agenda_nats") == hole
             assert not worker.done()  # it waits at the hole, it does not crash
             assert any("hole" in r.getMessage() for r in caplog.records)
+            assert _holes("agenda_nats") > holes_before  # operators see it too
 
             # Repaired: the stream is re-created, the relay fills it again from the
             # log, and the worker goes on from where it held.
