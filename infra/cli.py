@@ -31,7 +31,8 @@ from infra.http.throttle import ThrottlePolicy
 from infra.ledger import verify_ledger
 from infra.nats_worker import NatsProjector
 from infra.natslink import NatsLink
-from infra.projector import Projector, statuses
+from infra.projection_status import statuses
+from infra.projector import Projector
 from infra.relay import Relay
 from infra.seed import first_free_slot, seed
 from infra.settings import Settings, load_settings

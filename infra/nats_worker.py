@@ -28,6 +28,7 @@ from nats.js.errors import NotFoundError
 
 from infra.eventstore import Checkpoint, RecordedEvent
 from infra.metrics import PROJECTION_RUNNING, STREAM_HOLES
+from infra.pgerrors import database_unavailable
 from infra.projector import Projector
 from infra.stream import Envelope, StreamNames, decode_envelope, ensure_stream
 from infra.waker import sleep_until
@@ -93,6 +94,10 @@ class NatsProjector:
                 STREAM_HOLES.labels(self.projector.name).inc()
             except NatsError as e:  # NATS away, or the stream re-created under us
                 log.warning("projection %s: %s; reading again shortly", self.projector.name, e)
+            except Exception as e:
+                if not database_unavailable(e):
+                    raise  # a bug of ours: ProjectionFailed has stopped the projection
+                log.warning("projection %s: %r; reading again shortly", self.projector.name, e)
             await sleep_until(stop, self.retry)
 
     async def _follow(self, js: JetStreamContext, stop: asyncio.Event) -> None:

@@ -1,4 +1,9 @@
-"""Which database failures mean "unreachable, retry later" rather than a bug."""
+"""Which database failures mean "unreachable, retry later" rather than a bug.
+
+The one classification: the HTTP layer answers these 503 with Retry-After,
+and the projection runners and NATS-fed workers retry them with backoff;
+anything else is a bug and stops a projection (or answers 500).
+"""
 
 import asyncio
 
@@ -16,6 +21,8 @@ _UNAVAILABLE = (
     asyncpg.InterfaceError,  # the pool or connection is closed
     asyncpg.InternalClientError,  # a connection killed mid-protocol ("cannot switch to state")
     asyncpg.InvalidCatalogNameError,  # our database is gone (dropped, not restored yet)
+    asyncpg.TransactionRollbackError,  # class 40: serialisation failure, deadlock
+    asyncpg.LockNotAvailableError,  # 55P03: lock timeout
 )
 
 

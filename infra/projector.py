@@ -1,11 +1,35 @@
 """Runs projections: tails the log, applies each batch with its checkpoint in
 one transaction, stops loudly on an event it cannot apply, rebuilds into
-shadow tables and swaps them in atomically."""
+shadow tables and swaps them in atomically.
+
+What stops a projection, and what does not:
+
+- Client data never does. Every statement argument is bound through
+  `projections.base.storable` (jsonb values through `as_json`): PostgreSQL
+  text cannot hold U+0000 and UTF-8 cannot hold a lone surrogate, so each
+  becomes U+FFFD, the replacement character, and nothing else changes. This
+  holds for events already in the log, since it happens when they are
+  applied, not when they were written.
+- A database fault that may pass does not either: the database unreachable,
+  a statement or lock timeout, a cancelled statement, a deadlock or a
+  serialisation failure, all as `infra.pgerrors.database_unavailable`
+  classifies them for the HTTP layer too. The batch rolls back and `run` retries it with
+  capped exponential backoff, for as long as it takes.
+- Anything else that fails while applying an event is a bug in our code (a
+  projection that cannot handle an event, SQL the server refuses): the
+  projection stops on that event, names it, and waits for `resume`.
+
+Workers of one projection serialise on a transaction-scoped advisory lock
+keyed on the projection's name, which assigns no transaction id. A batch
+reads its checkpoint and its events before its first write, so it holds an
+xid (which holds back `pg_snapshot_xmin`, the log's readable horizon, for
+every reader) only while it writes, not while it waits, reads and decodes.
+"""
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -15,8 +39,10 @@ from domain.ledger import AccessRecorded
 from infra.codec import TypedMapper
 from infra.eventstore import Checkpoint, Connection, EventStore, RecordedEvent
 from infra.metrics import PROJECTION_APPLIED, PROJECTION_POSITION, PROJECTION_RUNNING
+from infra.pgerrors import database_unavailable
 from infra.waker import sleep_until
 from projections import READ_SCHEMA, Op, Projection, Tables
+from projections.base import storable
 
 log = logging.getLogger("carnet.projector")
 LEDGER_TOPIC = get_topic(AccessRecorded)
@@ -36,6 +62,28 @@ CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
 );
 """
 SHADOW = "__shadow"
+# pg_advisory_xact_lock(PROJECTION_LOCK, hashtext(name)): one lock per projection.
+PROJECTION_LOCK = 72810004
+_LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+RETRY_FIRST, RETRY_MAX = 0.05, 5.0  # seconds: the backoff of `run` on a transient fault
+
+
+def _storable(value: object) -> object:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_storable(v) for v in value]  # text[] and other arrays
+    if isinstance(value, tuple):
+        return tuple(_storable(v) for v in value)
+    return value
+
+
+def bound(op: Op) -> Op:
+    """The statement with every string argument made storable (see the module docstring)."""
+    for arg in op.args:  # one cheap pass: most statements have nothing to replace
+        if isinstance(arg, list | tuple) or (isinstance(arg, str) and storable(arg) is not arg):
+            return Op(op.sql, tuple(_storable(a) for a in op.args))
+    return op
 
 
 class ProjectionFailed(Exception):
@@ -50,17 +98,6 @@ class ProjectionFailed(Exception):
 
 class ProjectionStopped(Exception):
     """The projection was stopped on an error; `carnet projections resume` restarts it."""
-
-
-@dataclass(frozen=True)
-class Status:
-    name: str
-    state: str
-    position: int
-    applied: int
-    lag_events: int
-    lag_seconds: float
-    error: str | None
 
 
 class Projector:
@@ -112,16 +149,18 @@ class Projector:
         or more, the runs execute after a SAVEPOINT; should one fail, the batch is
         replayed from it statement by statement, so that the event at fault is named
         exactly as without grouping.
+
+        A transient fault propagates as it is (the caller rolls back and retries);
+        any other failure of an event is raised as ProjectionFailed, naming it.
         """
-        database_down = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError)
 
         async def one_by_one(ops: list[tuple[RecordedEvent, Op]]) -> None:
             for recorded, op in ops:
                 try:
                     await conn.execute(op.sql, *op.args)
-                except database_down:
-                    raise  # the database, not the event: retry later
                 except Exception as e:
+                    if database_unavailable(e):
+                        raise  # the database, not the event: retry later
                     raise ProjectionFailed(self.name, recorded, e) from e
 
         ops: list[tuple[RecordedEvent, Op]] = []
@@ -132,7 +171,7 @@ class Projector:
                 continue  # the ledger outnumbers everything; most models ignore it
             try:
                 event = self.mapper.to_domain_event(recorded.stored())
-                ops += [(recorded, op) for op in self.projection.apply(event, tables)]
+                ops += [(recorded, bound(op)) for op in self.projection.apply(event, tables)]
             except Exception as e:
                 failed = (recorded, e)  # raised after the statements of the events before it
                 break
@@ -151,9 +190,9 @@ class Projector:
                         await conn.execute(run[0][1].sql, *run[0][1].args)
                     else:
                         await conn.executemany(run[0][1].sql, [op.args for _, op in run])
-            except database_down:
-                raise
-            except Exception:
+            except Exception as e:
+                if database_unavailable(e):
+                    raise
                 await conn.execute("ROLLBACK TO SAVEPOINT carnet_apply")
                 await one_by_one(ops)
         else:
@@ -182,16 +221,18 @@ class Projector:
         choose: Callable[[Connection, Checkpoint], Awaitable[Sequence[RecordedEvent]]],
         stopped_is_error: bool,
     ) -> int:
-        """Lock the checkpoint row, apply the chosen events and advance, in one transaction.
+        """Lock the projection, apply the chosen events and advance, in one transaction.
 
-        The row lock serialises workers of one projection: a second worker
-        waits here, then sees the advanced checkpoint.
+        The advisory lock serialises workers of one projection: a second worker
+        waits here, then (a new statement, a new snapshot) sees the advanced
+        checkpoint. Unlike `SELECT … FOR UPDATE` it assigns no transaction id;
+        the first write, after every read, does.
         """
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(_LOCK, PROJECTION_LOCK, self.name)
                 row = await conn.fetchrow(
-                    f"SELECT tx, position, state FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE",
-                    self.name,
+                    f"SELECT tx, position, state FROM {CHECKPOINTS} WHERE name = $1", self.name
                 )
                 if row is None or row["state"] != "running":
                     PROJECTION_RUNNING.labels(self.name).set(0)
@@ -270,17 +311,32 @@ class Projector:
 
         The timeout matters: an event becomes readable when the oldest open
         transaction ends, which may be one that wrote nothing and notified no one.
+        A failed attempt is retried after a backoff that doubles up to RETRY_MAX
+        (jittered, so that many workers do not return at once); only a
+        ProjectionFailed stops the projection, and then this waits for `resume`.
         """
-        await self.ensure()
-        PROJECTION_RUNNING.labels(self.name).set(1)
+        ready, failures = False, 0
         while True:
             try:
-                if await self.run_once():
+                if not ready:
+                    await self.ensure()
+                    PROJECTION_RUNNING.labels(self.name).set(1)
+                    ready = True
+                applied = await self.run_once()
+                failures = 0
+                if applied:
                     continue
             except ProjectionFailed:
-                pass  # stopped and recorded; wait for `resume`
+                failures = 0  # stopped and recorded; wait for `resume`
             except Exception as e:
-                log.warning("projection %s: %s; retrying", self.name, e)
+                failures += 1
+                delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(failures - 1, 16))
+                if database_unavailable(e):
+                    log.warning("projection %s: %s; retrying in %.2f s", self.name, e, delay)
+                else:  # not tied to an event (e.g. the checkpoint): our bug, kept visible
+                    log.error("projection %s: retrying in %.2f s", self.name, delay, exc_info=e)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                continue
             wake.clear()
             await sleep_until(wake, idle)
 
@@ -303,15 +359,17 @@ class Projector:
                 await self._apply(conn, events, shadow_tables)
             after, applied = events[-1].checkpoint, applied + len(events)
         async with self.pool.acquire() as conn, conn.transaction():
-            # Hold the live worker off, take the last events, swap names.
-            await conn.fetchrow(
-                f"SELECT 1 FROM {CHECKPOINTS} WHERE name = $1 FOR UPDATE", self.name
-            )
-            last_at: datetime | None = None
+            # Hold the live worker off, read the last events, then apply them and swap
+            # names: all the reading before the first write, as in `_locked_apply`.
+            await conn.execute(_LOCK, PROJECTION_LOCK, self.name)
+            tail: list[RecordedEvent] = []
             while events := await self.store.read_after(after, 5000, conn):
-                await self._apply(conn, events, shadow_tables)
-                after, applied = events[-1].checkpoint, applied + len(events)
-                last_at = events[-1].recorded_at
+                tail += events
+                after = events[-1].checkpoint
+            last_at: datetime | None = None
+            if tail:
+                await self._apply(conn, tail, shadow_tables)
+                applied, last_at = applied + len(tail), tail[-1].recorded_at
             live = self.tables()
             for name, table in live.items():
                 bare = table.split(".", 1)[1]
@@ -330,27 +388,3 @@ class Projector:
                 last_at,
             )
         return applied
-
-
-async def statuses(pool: asyncpg.Pool) -> list[Status]:
-    rows = await pool.fetch(
-        f"""SELECT p.name, p.state, p.position, p.applied, p.error,
-            (SELECT count(*) FROM carnet.events e WHERE (e.tx, e.position) > (p.tx, p.position))
-                AS lag_events,
-            coalesce(extract(epoch FROM (
-                SELECT now() - min(e.recorded_at) FROM carnet.events e
-                WHERE (e.tx, e.position) > (p.tx, p.position))), 0) AS lag_seconds
-        FROM {CHECKPOINTS} p ORDER BY p.name"""
-    )
-    return [
-        Status(
-            r["name"],
-            r["state"],
-            r["position"],
-            r["applied"],
-            int(r["lag_events"]),
-            float(r["lag_seconds"]),
-            r["error"],
-        )
-        for r in rows
-    ]

@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 from infra.bootstrap import build_services, open_pool
 from infra.http.app import create_app
 from infra.http.server import ProblemRunner
-from infra.projector import Status, statuses
+from infra.projection_status import Status, statuses
 from infra.workers import background
 from services.actors import ActorKind
 from tests.conftest import T0, UNLIMITED, FakeClock

@@ -30,7 +30,7 @@ from yarl import URL
 from infra.http import schemas as s
 from infra.http.app import create_app
 from infra.http.server import ProblemRunner
-from infra.projector import statuses
+from infra.projection_status import statuses
 from infra.workers import background
 from services.actors import ActorKind
 from tests.conftest import UNLIMITED, ConsistentClient

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from infra.projector import statuses
+from infra.projection_status import statuses
 from tests.e2e.support import WEDNESDAY, booked, log_position, paris, problem
 
 NINE = paris(WEDNESDAY, "09:00")

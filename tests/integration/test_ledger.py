@@ -183,9 +183,15 @@ async def test_a_write_that_hangs_is_refused_after_the_write_timeout(pool):
         async with asyncio.timeout(5):
             with pytest.raises(LedgerUnavailable):
                 await ledger.record(access(2))
-    assert await ledger.record(access(3)) == 2
+    # The refused write was abandoned, not awaited (a hung server would hold us
+    # for its cleanup): it may still land once the lock goes. Recording an
+    # access that was not disclosed is the safe mistake; the chain stays whole.
+    third = await ledger.record(access(3))
     await ledger.close()
-    assert [e.record for e in await read_chain(pool)] == [access(1), access(3)]
+    chain = [e.record for e in await read_chain(pool)]
+    assert chain in ([access(1), access(3)], [access(1), access(2), access(3)]), chain
+    assert third == len(chain)
+    assert await verify_ledger(pool) is None
 
 
 async def test_a_ledger_whose_database_does_not_answer_refuses_at_once():

@@ -7,7 +7,8 @@ from typing import Any
 import asyncpg
 
 from infra.http.keys import Services
-from infra.projector import CHECKPOINTS, ProjectionFailed, Projector, statuses
+from infra.projection_status import statuses
+from infra.projector import CHECKPOINTS, ProjectionFailed, Projector
 from projections import Op, all_projections
 from tests.workload import run_workload
 from tests.world import World

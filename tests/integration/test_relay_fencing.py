@@ -243,6 +243,40 @@ async def test_a_nats_fed_projector_does_not_apply_past_a_hole_in_the_stream(
         assert await dump(pool, copy) == await dump(pool, reference)
 
 
+async def test_a_nats_fed_worker_rides_out_a_database_fault(
+    pool, servers, services: Services, world: World
+):
+    async with stream_of_our_own(servers) as (nc, names):
+        await run_workload(services, world, 10, seed=72)
+        await publish_all(Relay(pool, nc, names))
+        in_log = await log_order(pool)
+        copy = Projector(pool, AGENDA, instance="agenda_nats")
+        real = copy.apply_recorded
+        faults: list[int] = []
+
+        async def flaky(events: Any) -> int:
+            if not faults:  # the first batch meets a dropped connection
+                faults.append(len(events))
+                raise asyncpg.ConnectionDoesNotExistError("connection was closed")
+            return await real(events)
+
+        copy.apply_recorded = flaky  # type: ignore[method-assign]
+        halt = asyncio.Event()
+        feeder = NatsProjector(copy, nc, names, 10)
+        feeder.retry = 0.2
+        worker = asyncio.create_task(feeder.run(halt))
+        try:
+
+            async def caught_up() -> bool:
+                return await copy.checkpoint() == Checkpoint(*in_log[-1])
+
+            await until(caught_up)
+            assert faults and not worker.done()
+        finally:
+            halt.set()
+            await asyncio.wait_for(worker, 10)
+
+
 def test_a_message_from_before_the_chain_still_decodes_with_no_previous_event() -> None:
     class OldEnvelope(msgspec.Struct, kw_only=True):
         position: int
