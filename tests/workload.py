@@ -5,13 +5,31 @@ import random
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from domain.agenda import AgendaDay, Appointment, book
 from domain.errors import DomainError
+from domain.values import Source
 from infra.http.keys import Services
 from tests.conftest import T0
 from tests.world import META, ROOT, World
 
 # Wednesday 2026-12-02, 09:00 Paris, and the following days.
 FIRST_SLOT = T0 + timedelta(days=1, hours=1)
+
+
+def consultation(
+    day: AgendaDay, patient_id: UUID, establishment_id: UUID, start: datetime
+) -> Appointment:
+    """A patient's 20-minute consultation booked on `day`, straight on the domain."""
+    return book(
+        day,
+        patient_id=patient_id,
+        establishment_id=establishment_id,
+        motive_id="consultation",
+        duration_minutes=20,
+        start=start,
+        end=start + timedelta(minutes=20),
+        source=Source.PATIENT,
+    )
 
 
 def random_start(rng: random.Random) -> datetime:

@@ -25,6 +25,15 @@ WATCHFUL = ThrottlePolicy(
     suspend_on_enumeration=True,
 )
 PROBLEM_JSON = "application/problem+json"
+# A patient the tests register over HTTP (a walk-in at a desk).
+WALK_IN = {
+    "first_name": "Carl",
+    "last_name": "Walk-In",
+    "birth_date": "1975-03-03",
+    "sex": "male",
+    "email": "carl@example.org",
+    "phone": "+33 6 44 44 44 44",
+}
 PROBLEM_BASE = "https://carnet.dev/problems/"
 
 # The fixtures' clock starts on Tuesday 2026-12-01 at 08:00 in Paris.

@@ -27,7 +27,7 @@ from tests.e2e.ledger_support import (
     settled,
     slots,
 )
-from tests.e2e.support import WEDNESDAY
+from tests.e2e.support import WALK_IN, WEDNESDAY
 from tests.world import META, ROOT, World
 
 ACTORS = (
@@ -107,15 +107,6 @@ MATRIX: dict[tuple[str, str], Cells] = {
     ("POST", "/patients"): cells(_FORBIDDEN, admin=(201,), staff=(201,)),
     ("GET", "/me/access-log"): cells(_FORBIDDEN, patient=(200,)),
     ("GET", "/ledger"): cells(_FORBIDDEN, admin=(200,), analyst=(200,)),
-}
-
-CARL = {
-    "first_name": "Carl",
-    "last_name": "Walk-In",
-    "birth_date": "1975-03-03",
-    "sex": "male",
-    "email": "carl@example.org",
-    "phone": "+33 6 44 44 44 44",
 }
 
 
@@ -211,7 +202,7 @@ async def request_for(
         }
         return template, {"json": body}, None
     if route == ("POST", "/patients"):
-        return template, {"json": CARL}, None
+        return template, {"json": WALK_IN}, None
     return template, {"params": {"limit": "5"}} if template == "/ledger" else {}, None
 
 

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from infra.http.keys import Services
 from services.ports import Metadata
 from tests.e2e.ledger_support import LedgerWatch, settled
-from tests.e2e.support import WEDNESDAY, book, log_position, ok, paris, problem
+from tests.e2e.support import WALK_IN, WEDNESDAY, book, log_position, ok, paris, problem
 from tests.world import World
 
 PRACTICE = ["practitioner", "staff", "integration"]
@@ -109,14 +109,7 @@ async def test_a_patient_registered_by_the_desk_may_be_booked_by_that_practice_o
     carl = await ok(
         await client.post(
             "/patients",
-            json={
-                "first_name": "Carl",
-                "last_name": "Walk-In",
-                "birth_date": "1975-03-03",
-                "sex": "male",
-                "email": "carl@example.org",
-                "phone": "+33 6 44 44 44 44",
-            },
+            json=WALK_IN,
             headers=world.auth("staff"),
         ),
         201,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infra.projection_status import statuses
-from tests.e2e.support import WEDNESDAY, booked, log_position, paris, problem
+from tests.e2e.support import WALK_IN, WEDNESDAY, booked, log_position, paris, problem
 
 NINE = paris(WEDNESDAY, "09:00")
 HOSTILE = {
@@ -24,15 +24,7 @@ HOSTILE = {
 
 
 def _patient(**changes: str) -> dict[str, Any]:
-    body = {
-        "first_name": "Ana",
-        "last_name": "Lima",
-        "birth_date": "1990-02-03",
-        "sex": "female",
-        "email": "ana@example.org",
-        "phone": "+33 6 11 22 33 44",
-    }
-    return {**body, **changes}
+    return {**WALK_IN, **changes}
 
 
 def _establishment(**changes: str) -> dict[str, Any]:

@@ -1,9 +1,28 @@
 """A log written before care relationships existed keeps its practices' patients."""
 
+from datetime import datetime
+
+import pytest
+
+from domain.errors import NotFound
 from infra.backfill import STARTED, backfill_relationships, run_once
-from services.actors import ActorKind
+from services.actors import Actor
 from tests.conftest import T0
-from tests.world import META, ROOT, make_world
+from tests.world import META, ROOT, World, make_world
+
+WEDNESDAY_9 = T0.replace(day=2, hour=8)  # 09:00 in Paris
+WEDNESDAY_10 = T0.replace(day=2, hour=9)
+
+
+async def _book_bob(services, world: World, actor: Actor, start: datetime):
+    return await services.booking.book(
+        actor,
+        META,
+        practitioner_id=world.practitioner,
+        motive_id="consultation",
+        start=start,
+        patient_id=world.other_patient,
+    )
 
 
 async def _forget_relationships(pool) -> None:
@@ -13,69 +32,30 @@ async def _forget_relationships(pool) -> None:
 
 async def test_past_bookings_make_their_patients_known_again(services, pool):
     world = await make_world(services)
-    bob = world.other_patient
     staff = world.actors["staff"]
-    start = T0.replace(day=2, hour=8)
-    await services.booking.book(
-        ROOT,
-        META,
-        practitioner_id=world.practitioner,
-        motive_id="consultation",
-        start=start,
-        end=None,
-        patient_id=bob,
-    )
+    await _book_bob(services, world, ROOT, WEDNESDAY_9)
     await _forget_relationships(pool)
-    later = start.replace(hour=9)
-    refused = None
-    try:
-        await services.booking.book(
-            staff,
-            META,
-            practitioner_id=world.practitioner,
-            motive_id="consultation",
-            start=later,
-            end=None,
-            patient_id=bob,
-        )
-    except Exception as e:  # the unknown patient's answer
-        refused = e
-    assert refused is not None and getattr(refused, "field", None) == "patient_id"
+    with pytest.raises(NotFound) as refused:  # the unknown patient's answer
+        await _book_bob(services, world, staff, WEDNESDAY_10)
+    assert refused.value.field == "patient_id"
 
     assert await backfill_relationships(pool, services.booking.repo) == 1
     assert await backfill_relationships(pool, services.booking.repo) == 0  # idempotent
 
-    booked = await services.booking.book(
-        staff,
-        META,
-        practitioner_id=world.practitioner,
-        motive_id="consultation",
-        start=later,
-        end=None,
-        patient_id=bob,
-    )
-    assert booked.appointment.patient_id == bob
-    assert staff.kind is ActorKind.STAFF
+    booked = await _book_bob(services, world, staff, WEDNESDAY_10)
+    assert booked.appointment.patient_id == world.other_patient
 
 
 async def test_the_backfill_runs_once_per_database(services, pool):
     world = await make_world(services)
-    await services.booking.book(
-        ROOT,
-        META,
-        practitioner_id=world.practitioner,
-        motive_id="consultation",
-        start=T0.replace(day=2, hour=8),
-        end=None,
-        patient_id=world.other_patient,
-    )
+    await _book_bob(services, world, ROOT, WEDNESDAY_9)
     await _forget_relationships(pool)
     await pool.execute("DELETE FROM carnet.migrations")
 
     await run_once(pool, services.booking.repo)
+    assert await pool.fetchval("SELECT count(*) FROM carnet.events WHERE topic = $1", STARTED) == 1
     await _forget_relationships(pool)
     await run_once(pool, services.booking.repo)  # remembered: nothing more is written
 
-    count = await pool.fetchval("SELECT count(*) FROM carnet.events WHERE topic = $1", STARTED)
-    assert count == 0
+    assert await pool.fetchval("SELECT count(*) FROM carnet.events WHERE topic = $1", STARTED) == 0
     assert await pool.fetchval("SELECT count(*) FROM carnet.migrations") == 1

@@ -13,7 +13,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
-from domain.agenda import AgendaDay, Appointment, book
+from domain.agenda import AgendaDay, Appointment
 from domain.credentials import Token
 from domain.directory import Establishment, Patient, Practitioner
 from domain.ledger import GENESIS, LEDGER_ID, AccessRecord, AccessRecorded, chain_hash
@@ -27,7 +27,7 @@ from infra.projector import Projector
 from infra.repository import PostgresRepository
 from projections import all_projections
 from tests.integration.test_projections import dump
-from tests.workload import FIRST_SLOT, run_workload
+from tests.workload import FIRST_SLOT, consultation, run_workload
 from tests.world import META, ROOT, World
 
 AGENDA = next(p for p in all_projections() if p.name == "agenda")
@@ -66,16 +66,7 @@ async def log_with_nul_everywhere(pool: asyncpg.Pool) -> None:
     patient._contact_details_changed(email="b\x00@example.org", phone="+33\x00")
     day = AgendaDay(practitioner_id=prac.id, day=FIRST_SLOT.date())
     booked = [
-        book(
-            day,
-            patient_id=patient.id,
-            establishment_id=est.id,
-            motive_id="consultation",
-            duration_minutes=20,
-            start=start,
-            end=start + timedelta(minutes=20),
-            source=Source.PATIENT,
-        )
+        consultation(day, patient.id, est.id, start)
         for start in (FIRST_SLOT + timedelta(hours=2), FIRST_SLOT + timedelta(hours=3))
     ]
     booked[0]._cancelled(reason="x\x00", by=Source.PATIENT)

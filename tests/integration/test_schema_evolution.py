@@ -32,7 +32,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
 import domain
-from domain.agenda import AgendaDay, Appointment, book, cancel, reschedule
+from domain.agenda import AgendaDay, Appointment, cancel, reschedule
 from domain.credentials import Grant, Token
 from domain.directory import Basis, CareRelationship, Establishment, Patient, Practitioner
 from domain.ledger import GENESIS, LEDGER_ID, AccessRecord, AccessRecorded, chain_hash
@@ -44,7 +44,7 @@ from infra.projector import Projector
 from infra.repository import PostgresRepository
 from projections import all_projections
 from tests.integration.test_projections import dump
-from tests.workload import FIRST_SLOT
+from tests.workload import FIRST_SLOT, consultation
 from tests.world import HOURS, META
 
 FIXTURES = sorted(Path(__file__).parent.parent.joinpath("fixtures").glob("events-v*.jsonl"))
@@ -73,17 +73,7 @@ def todays_events() -> list[Any]:
     next_day = AgendaDay(practitioner_id=prac.id, day=FIRST_SLOT.date() + timedelta(days=1))
 
     def booked(hours: float) -> Appointment:
-        start = FIRST_SLOT + timedelta(hours=hours)
-        return book(
-            day,
-            patient_id=patient.id,
-            establishment_id=est.id,
-            motive_id="consultation",
-            duration_minutes=20,
-            start=start,
-            end=start + timedelta(minutes=20),
-            source=Source.PATIENT,
-        )
+        return consultation(day, patient.id, est.id, FIRST_SLOT + timedelta(hours=hours))
 
     cancelled, moved, missed, seen = booked(0), booked(1), booked(2), booked(5)
     cancel(cancelled, day, "changed plans", Source.PATIENT)
