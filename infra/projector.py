@@ -332,7 +332,7 @@ class Projector:
                 failures += 1
                 delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(failures - 1, 16))
                 if database_unavailable(e):
-                    log.warning("projection %s: %s; retrying in %.2f s", self.name, e, delay)
+                    log.warning("projection %s: %r; retrying in %.2f s", self.name, e, delay)
                 else:  # not tied to an event (e.g. the checkpoint): our bug, kept visible
                     log.error("projection %s: retrying in %.2f s", self.name, delay, exc_info=e)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))

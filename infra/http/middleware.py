@@ -85,13 +85,22 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as e:
         if e.status < 400:
             raise
+        if e.status == 413:  # a chunked body over the limit, caught while reading it
+            return problem_response(
+                Problem(
+                    type=PROBLEM_BASE + "too-large",
+                    title="The body is too large",
+                    status=413,
+                    field="body",
+                )
+            )
         return problem_response(
             Problem(type=PROBLEM_BASE + "http", title=e.reason, status=e.status),
             {k: v for k, v in e.headers.items() if k in {"Allow"}},
         )
     except Exception as e:
         if database_unavailable(e):
-            log.warning("database unreachable: %s", e)
+            log.warning("database unreachable: %r", e)
             ledger = isinstance(e, LedgerUnavailable)
             return problem_response(
                 Problem(

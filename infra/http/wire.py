@@ -4,6 +4,7 @@ import re
 import unicodedata
 from datetime import UTC, date, datetime, time
 from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
 from uuid import UUID
 
 import msgspec
@@ -179,7 +180,33 @@ def _is_integer(t: msgspec.inspect.Type) -> bool:
 _INTEGER_FIELDS: dict[type, frozenset[str]] = {}
 
 
+def _check_encoding(request: web.Request) -> None:
+    """Refuse a query string whose escapes are not UTF-8, naming the parameter.
+
+    aiohttp decodes them to U+FFFD, which would search for something the
+    client never meant (`city=%FF` finding nothing, answered 200).
+    """
+    raw = request.rel_url.raw_query_string
+    if "%" not in raw:
+        return
+    for pair in raw.split("&"):
+        key, _, value = pair.partition("=")
+        for part, field in ((key, "query"), (value, None)):
+            try:
+                unquote_to_bytes(part.replace("+", " ")).decode("utf-8")
+            except UnicodeDecodeError:
+                name = field or unquote_to_bytes(key).decode("utf-8", "backslashreplace")
+                raise HTTPProblem(
+                    400,
+                    "invalid-input",
+                    "The request is invalid",
+                    "percent-escapes must encode UTF-8",
+                    name,
+                ) from None
+
+
 def read_query(request: web.Request, cls: type[T]) -> T:
+    _check_encoding(request)
     params: dict[str, str] = {}
     numbers = _integer_fields(cls)
     for key in request.query:
@@ -197,13 +224,18 @@ def read_query(request: web.Request, cls: type[T]) -> T:
         raise _bad_input(e, "query") from None
 
 
+# The one spelling of an id: UUID() also takes braces, "urn:uuid:" and no
+# hyphens, and the same record must not answer under several names.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
 def path_id(request: web.Request, name: str, what: str) -> UUID:
     """A malformed id is, to the caller, just another id that does not exist."""
-    try:
-        return UUID(request.match_info[name])
-    except ValueError:
+    raw = request.match_info[name]
+    if not _UUID.fullmatch(raw):
         # Exactly the refusal the services give for an unknown or foreign id.
-        raise NotFound(f"no such {what}", field=name) from None
+        raise NotFound(f"no such {what}", field=name)
+    return UUID(raw)
 
 
 def reply(obj: Any, status: int = 200, position: int | None = None) -> web.Response:

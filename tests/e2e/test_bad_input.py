@@ -250,3 +250,20 @@ async def test_opening_hours_with_an_offset_are_refused_not_crashed_on(client, s
     )
     await problem(response, 400, "hours[0].start")
     assert await log_position(services) == before
+
+
+async def test_a_chunked_body_too_large_is_refused_like_any_other(client, world, unchanged):
+    async def chunks():
+        yield b'{"reason": "'
+        for _ in range(80):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = await client.post(
+        "/appointments",
+        data=chunks(),
+        headers={**world.auth("patient"), "Content-Type": "application/json"},
+    )
+
+    body = await problem(response, 413, "body")
+    assert body["type"].endswith("/too-large")

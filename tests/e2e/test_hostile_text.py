@@ -9,6 +9,7 @@ models keep running.
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from infra.projection_status import statuses
 from tests.e2e.support import WALK_IN, WEDNESDAY, booked, log_position, paris, problem
@@ -149,12 +150,11 @@ QUERIES = [
     ("/ledger", {"patient_id": "{bad}"}, "patient_id"),
     ("/ledger", {"record_id": "{bad}"}, "record_id"),
 ]
+QUERY_IDS = [f"{path} {field}" for path, _, field in QUERIES]
 
 
 @pytest.mark.parametrize("bad", ["\u0000", "a\u0000", "\u0001", "\u009f"])
-@pytest.mark.parametrize(
-    ("path", "params", "field"), QUERIES, ids=[q[0] + " " + q[2] for q in QUERIES]
-)
+@pytest.mark.parametrize(("path", "params", "field"), QUERIES, ids=QUERY_IDS)
 async def test_a_control_character_in_a_query_parameter_is_refused(
     client, world, services, path, params, field, bad
 ):
@@ -165,6 +165,20 @@ async def test_a_control_character_in_a_query_parameter_is_refused(
 
     await problem(response, 400, field)
     await _all_running(services)
+
+
+@pytest.mark.parametrize("escape", ["%FF", "%ED%A0%80", "%C0%80", "a%E9b"])
+@pytest.mark.parametrize(("path", "params", "field"), QUERIES, ids=QUERY_IDS)
+async def test_a_query_escape_that_is_not_utf8_is_refused_naming_the_parameter(
+    client, world, path, params, field, escape
+):
+    query = "&".join(f"{k}={v.replace('{bad}', escape)}" for k, v in params.items())
+    who = "analyst" if path == "/ledger" else "patient"
+    url = URL(str(client.make_url(path)) + "?" + query, encoded=True)
+
+    response = await client.session.get(url, headers=world.auth(who))
+
+    await problem(response, 400, field)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from infra.http.app import create_app
 from infra.http.keys import Services
 from infra.workers import background
 from tests.e2e.ledger_support import LedgerWatch
-from tests.e2e.support import WATCHFUL, problem
+from tests.e2e.support import WATCHFUL, WEDNESDAY, paris, problem
 from tests.world import World
 
 UNKNOWN = str(uuid.uuid4())
@@ -105,3 +105,31 @@ async def test_a_hostile_id_in_the_ledger_does_not_break_reading_the_ledger(
     entries = (await response.json())["entries"]
     assert any(e["outcome"] == "not-found" for e in entries)
     assert all("\x00" not in i for e in entries for i in e["record_ids"])
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda i: f"%7B{i}%7D",
+        lambda i: f"urn:uuid:{i}",
+        lambda i: i.replace("-", ""),
+        lambda i: f"{i}%20",
+    ],
+    ids=["braces", "urn", "no hyphens", "trailing space"],
+)
+async def test_a_known_id_spelled_otherwise_is_not_found(guarded, world, spelling):
+    booked = await guarded.post(
+        "/appointments",
+        json={
+            "practitioner_id": str(world.practitioner),
+            "motive_id": "consultation",
+            "start": paris(WEDNESDAY, "09:00"),
+        },
+        headers=world.auth("patient"),
+    )
+    appointment = (await booked.json())["id"]
+    assert (await _get(guarded, f"/appointments/{appointment.upper()}", world)).status == 200
+
+    response = await _get(guarded, f"/appointments/{spelling(appointment)}", world)
+
+    await problem(response, 404, "appointment_id")

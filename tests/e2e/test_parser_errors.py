@@ -2,13 +2,14 @@
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
 from infra.http.app import create_app
-from infra.http.server import ProblemRunner
+from infra.http.server import IDLE_TIMEOUT, ProblemRunner
 
 
 class CarnetTestServer(TestServer):
@@ -71,3 +72,33 @@ async def test_the_server_still_answers_after_a_refusal(port):
     )
 
     assert status == 200, body
+
+
+async def test_a_refused_request_is_logged_as_the_clients_mistake_without_a_trace(port, caplog):
+    with caplog.at_level(logging.INFO):
+        await _raw(port, BAD["bare CR in a header"])
+
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert any("malformed request" in r.getMessage() for r in caplog.records)
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_half_sent_request_does_not_hold_its_connection_open(services):
+    assert IDLE_TIMEOUT <= 30  # what `carnet run` serves with, unless told otherwise
+    assert ProblemRunner(create_app(services))._kwargs["keepalive_timeout"] == IDLE_TIMEOUT
+
+    async with IdleTestServer(create_app(services)) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
+        await writer.drain()
+        async with asyncio.timeout(10):
+            closed = await reader.read()  # returns b"" once the server closes
+        writer.close()
+    assert closed == b""
+
+
+class IdleTestServer(TestServer):
+    """As `carnet run` serves, with a one-second idle timeout to keep the test short."""
+
+    async def _make_runner(self, **kwargs: Any) -> ProblemRunner:
+        return ProblemRunner(self.app, **{**kwargs, "keepalive_timeout": 1.0})
