@@ -28,6 +28,31 @@ TamperKind = Literal["altered", "deleted", "inserted", "reordered"]
 LEDGER_ID = uuid5(NAMESPACE_URL, "/carnet/access-ledger")
 GENESIS = "0" * 64
 
+# Fields that identify a patient: a disclosure that carries none of them is
+# pseudonymous data about the patient (concerned, not identified).
+IDENTITY_FIELDS = frozenset(
+    {"patient_id", "patient_name", "first_name", "last_name", "birth_date", "email", "phone"}
+)
+CONTACT_FIELDS = frozenset({"email", "phone"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Disclosure:
+    """One record an entry disclosed, changed or was refused: whose, whose controller, what.
+
+    `identified` says whether the patient's identity reached the caller: a
+    masked agenda line (an integration without the contact scope) concerns
+    the patient but does not identify them. Every field added later needs a
+    default (the hash leaves defaults out, as for the record).
+    """
+
+    record_id: str
+    patient_id: str | None = None
+    identified: bool = False
+    practitioner_id: str | None = None
+    establishment_id: str | None = None
+    fields: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True, kw_only=True)
 class AccessRecord:
@@ -47,9 +72,17 @@ class AccessRecord:
     # what
     action: Action
     resource_type: str
-    record_ids: tuple[str, ...] = ()  # every record returned or changed
-    patient_ids: tuple[str, ...] = ()
+    record_ids: tuple[str, ...] = ()  # every record returned or changed (or asked for)
+    patient_ids: tuple[str, ...] = ()  # every patient concerned, identified or not
     fields: tuple[str, ...] = ()  # data categories / fields actually disclosed
+    # one item per record, pairing it with its patient, practitioner and
+    # establishment (entries before v2 have none: see `disclosures`)
+    items: tuple[Disclosure, ...] = ()
+    # what the request itself asked for (practitioner, date range, search
+    # terms), kept even when nothing matched; sorted (name, value) pairs
+    selectors: tuple[tuple[str, str], ...] = ()
+    # an idempotent replay: the same answer again, nothing new created
+    replay: bool = False
     # why, and how it ended
     purpose: str = "treatment"
     outcome: Outcome = "allowed"
@@ -58,8 +91,11 @@ class AccessRecord:
     request_id: str = ""
     client_ip: str = ""
     user_agent: str = ""
-    # the log position the disclosed data reflected, to rebuild it by replay
+    # the log position the disclosed data reflected, to rebuild it by replay;
+    # for a read model, its checkpoint's transaction id too (it applies
+    # events in (tx, position) order, so the position alone is not exact)
     as_of: int = 0
+    as_of_tx: int = 0
 
     def __post_init__(self) -> None:
         if self.action not in get_args(Action):
@@ -69,6 +105,21 @@ class AccessRecord:
         if self.at.tzinfo is None:
             # A naive time would hash differently wherever it is read back.
             raise ValueError("`at` must be timezone-aware")
+
+    def disclosures(self) -> tuple[Disclosure, ...]:
+        """The items; for an entry written before items existed, what can be told of them.
+
+        Such an entry listed records and patients apart, so a record is paired
+        with a patient only when the entry concerned exactly one.
+        """
+        if self.items or not self.record_ids:
+            return self.items
+        only = self.patient_ids[0] if len(self.patient_ids) == 1 else None
+        identified = only is not None and bool(IDENTITY_FIELDS & set(self.fields))
+        return tuple(
+            Disclosure(record_id=r, patient_id=only, identified=identified, fields=self.fields)
+            for r in self.record_ids
+        )
 
 
 @dataclass(frozen=True)
@@ -103,13 +154,22 @@ _encode = json.JSONEncoder(
 ).encode  # tuples come out as lists; the only other non-JSON type is datetime
 
 
+_ITEM_FIELDS = tuple((f.name, f.default) for f in dataclasses.fields(Disclosure))
+
+
+def _item_state(item: Disclosure) -> dict[str, object]:
+    return {n: getattr(item, n) for n, d in _ITEM_FIELDS if getattr(item, n) != d}
+
+
 def canonical_bytes(record: AccessRecord) -> bytes:
     """The record as sorted, compact JSON, without the fields left at their default."""
-    state = {}
+    state: dict[str, object] = {}
     for name, default in _FIELDS:
         value = getattr(record, name)
         if value != default:
             state[name] = value
+    if record.items:
+        state["items"] = [_item_state(i) for i in record.items]
     return _encode(state).encode()
 
 

@@ -184,6 +184,7 @@ def build_services(
         queries=QueryService(read, clock, lambda actor, pid: scopes_of(repo, actor, pid)),
         read=read,
         ledger=ledger or Ledger(repo.store, mapper=repo.mapper),
+        clock=clock,
         checks={"database": database, "nats": nats_check},
     )
 

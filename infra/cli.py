@@ -24,6 +24,7 @@ from infra.bootstrap import (
     open_pool,
     start_servers,
 )
+from infra.commands import ANALYST
 from infra.http.app import create_app
 from infra.http.headers import EscapingAccessLogger
 from infra.http.server import ProblemRunner
@@ -263,7 +264,16 @@ def _parser() -> argparse.ArgumentParser:
     project.add_argument("--source", choices=["log", "nats"], default="log")
     project.add_argument("--instance", help="a separate copy with its own tables")
     project.add_argument("--batch-size", type=int, default=500)
+    for command in ANALYST.values():
+        command.add(sub)
     return parser
+
+
+async def _analyst(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    async with database(settings, servers) as pool:
+        status = await ANALYST[args.command].run(pool, args)
+    if status:
+        raise SystemExit(status)
 
 
 COMMANDS: dict[
@@ -276,6 +286,7 @@ COMMANDS: dict[
     "relay": _relay,
     "project": _project,
     "verify": _verify,
+    **dict.fromkeys(ANALYST, _analyst),
 }
 NEEDS_NATS = {"run", "relay", "project"}
 

@@ -3,6 +3,7 @@
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from datetime import date
 from typing import TypeVar
 from uuid import UUID
@@ -28,6 +29,11 @@ from services.ports import (
 )
 
 T = TypeVar("T")
+# The connection of an `exactly` read in progress: every read-model query of
+# that read runs on it, inside the snapshot its checkpoint was read in.
+_SNAPSHOT: ContextVar["asyncpg.pool.PoolConnectionProxy[asyncpg.Record] | None"] = ContextVar(
+    "carnet_snapshot", default=None
+)
 
 
 class NotCaughtUp(Exception):
@@ -97,31 +103,42 @@ class PostgresReadModels:
             or 0
         )
 
-    async def exactly(
-        self, projection: str, query: Callable[[], Awaitable[T]], attempts: int = 5
-    ) -> tuple[T, int]:
-        """Run a read and tell the position it reflected, exactly.
+    def _db(self) -> "asyncpg.Pool | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]":
+        return _SNAPSHOT.get() or self.pool
 
-        The projector moves rows and checkpoint in one transaction, so when the
-        checkpoint is the same before and after the read, the rows were those
-        of that position. (The access ledger replays from it.)
+    async def exactly(
+        self, projection: str, query: Callable[[], Awaitable[T]]
+    ) -> tuple[T, Checkpoint]:
+        """Run a read and tell the checkpoint its rows reflected, exactly.
+
+        The projector moves rows and checkpoint in one transaction; reading the
+        checkpoint and then the rows in one repeatable-read snapshot therefore
+        gives rows that are exactly those of that checkpoint, however busy the
+        projector is. (The access ledger replays from it.)
         """
-        for _ in range(attempts):
-            before = await self.position(projection)
-            result = await query()
-            if await self.position(projection) == before:
-                return result, before
-        return result, await self.position(projection)
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(
+                f"SELECT tx, position FROM {CHECKPOINTS} WHERE name = $1", projection
+            )
+            token = _SNAPSHOT.set(conn)
+            try:
+                result = await query()
+            finally:
+                _SNAPSHOT.reset(token)
+        return result, Checkpoint(int(row[0]), int(row[1])) if row else Checkpoint(0, 0)
 
     async def establishment(self, establishment_id: UUID) -> EstablishmentRow | None:
-        row = await self.pool.fetchrow(
+        row = await self._db().fetchrow(
             f"SELECT * FROM {_table('directory', 'establishments')} WHERE id = $1",
             establishment_id,
         )
         return EstablishmentRow(**dict(row)) if row else None
 
     async def establishments(self, city: str | None, limit: int) -> list[EstablishmentRow]:
-        rows = await self.pool.fetch(
+        rows = await self._db().fetch(
             f"SELECT * FROM {_table('directory', 'establishments')} "
             "WHERE $1::text IS NULL OR lower(city) = lower($1) ORDER BY name, id LIMIT $2",
             city,
@@ -140,7 +157,7 @@ class PostgresReadModels:
     ) -> list[PractitionerRow]:
         if model not in ("directory", "availability"):
             raise ValueError(model)
-        rows = await self.pool.fetch(
+        rows = await self._db().fetch(
             f"""SELECT * FROM {_table(model, "practitioners")}
             WHERE ($1::uuid[] IS NULL OR id = ANY($1))
               AND ($2::text IS NULL OR specialty = lower($2))
@@ -156,7 +173,7 @@ class PostgresReadModels:
     async def booked(
         self, practitioner_ids: Sequence[UUID], first: date, last: date
     ) -> dict[UUID, list[Interval]]:
-        rows = await self.pool.fetch(
+        rows = await self._db().fetch(
             f"""SELECT practitioner_id, start_at, end_at FROM {_table("availability", "bookings")}
             WHERE practitioner_id = ANY($1::uuid[]) AND day BETWEEN $2 AND $3""",
             list(practitioner_ids),
@@ -171,13 +188,13 @@ class PostgresReadModels:
     async def agenda(
         self, practitioner_id: UUID, day: date
     ) -> tuple[UUID, list[AgendaEntry]] | None:
-        owner = await self.pool.fetchval(
+        owner = await self._db().fetchval(
             f"SELECT establishment_id FROM {_table('agenda', 'practitioners')} WHERE id = $1",
             practitioner_id,
         )
         if owner is None:
             return None
-        rows = await self.pool.fetch(
+        rows = await self._db().fetch(
             f"""SELECT id, start_at, end_at, motive_id, motive_name, patient_id, patient_name,
                 status, source, replaces, replaced_by
             FROM {_table("agenda", "appointments")}
@@ -188,18 +205,20 @@ class PostgresReadModels:
         return owner, [AgendaEntry(*r) for r in rows]
 
     async def access_log(self, patient_id: UUID, limit: int) -> list[AccessLogEntry]:
-        rows = await self.pool.fetch(
-            f"""SELECT sequence, at, actor, action, resource_type, outcome, fields
+        rows = await self._db().fetch(
+            f"""SELECT sequence, at, actor, action, resource_type, outcome, fields, identified
             FROM {_table("access_log", "entries")}
             WHERE patient_id = $1 ORDER BY sequence DESC LIMIT $2""",
             patient_id,
             limit,
         )
-        return [AccessLogEntry(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6])) for r in rows]
+        return [
+            AccessLogEntry(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6]), r[7]) for r in rows
+        ]
 
     async def ledger_entries(self, query: LedgerQuery) -> list[tuple[int, AccessRecord]]:
         """Straight from the log (the ledger is the evidence, not a projection of it)."""
-        rows = await self.pool.fetch(
+        rows = await self._db().fetch(
             f"""SELECT originator_version, topic, state FROM {SCHEMA}.events e,
                 LATERAL (SELECT convert_from(e.state, 'UTF8')::jsonb -> 'record' AS r) j
             WHERE originator_id = $1
@@ -211,10 +230,10 @@ class PostgresReadModels:
               AND ($7::timestamptz IS NULL OR (j.r ->> 'at')::timestamptz < $7)
             ORDER BY originator_version LIMIT $8""",
             LEDGER_ID,
-            query.actor_id,
-            query.token_id,
-            query.patient_id,
-            query.record_id,
+            next(iter(query.actor_ids), None),
+            next(iter(query.token_ids), None),
+            next(iter(query.patient_ids), None),
+            next(iter(query.record_ids), None),
             query.since,
             query.until,
             query.limit,
@@ -226,7 +245,7 @@ class PostgresReadModels:
         return found
 
     async def patient_appointments(self, patient_id: UUID) -> list[PatientAppointment]:
-        rows = await self.pool.fetch(
+        rows = await self._db().fetch(
             f"""SELECT id, practitioner_id, practitioner_name, specialty, establishment_id,
                 establishment_name, address, city, motive_id, start_at, end_at, status,
                 replaces, replaced_by

@@ -32,6 +32,7 @@ class AccessLogProjection:
                 sequence bigint NOT NULL, patient_id uuid NOT NULL, at timestamptz NOT NULL,
                 actor text NOT NULL, action text NOT NULL, resource_type text NOT NULL,
                 outcome text NOT NULL, fields text[] NOT NULL,
+                identified boolean NOT NULL DEFAULT true,
                 PRIMARY KEY (patient_id, sequence))""",
         ]
 
@@ -51,6 +52,15 @@ class AccessLogProjection:
                 if not record.patient_ids:
                     return []
                 fallback = LABELS.get(record.actor_kind, record.actor_kind)
+                # Whose identity reached the actor: a masked line concerns its
+                # patient without naming them. Before items, all counted as named.
+                items = record.items
+                identified = [
+                    not items or any(i.identified for i in items if i.patient_id == p)
+                    for p in record.patient_ids
+                ]
+                # A replayed booking created nothing: it sent the appointment again.
+                action = "read" if record.replay else record.action
                 return [
                     Op(
                         f"""INSERT INTO {t["entries"]}
@@ -60,8 +70,8 @@ class AccessLogProjection:
                             ELSE coalesce(
                                 (SELECT label FROM {t["actors"]} WHERE token_id = $4::uuid), $5)
                             END,
-                            $6, $7, $8, $9
-                        FROM unnest($2::text[]) AS p
+                            $6, $7, $8, $9, named
+                        FROM unnest($2::text[], $12::boolean[]) AS u(p, named)
                         ON CONFLICT DO NOTHING""",
                         (
                             event.originator_version,
@@ -69,12 +79,13 @@ class AccessLogProjection:
                             record.at,
                             record.token_id,
                             fallback,
-                            record.action,
+                            action,
                             record.resource_type,
                             record.outcome,
                             list(record.fields),
                             record.actor_kind,
                             record.actor_id,
+                            identified,
                         ),
                     )
                 ]

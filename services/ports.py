@@ -9,7 +9,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from domain.credentials import Token
-from domain.ledger import AccessRecord
+from domain.ledger import AccessRecord, Disclosure
 from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
 
 A = TypeVar("A", bound=Aggregate)
@@ -176,17 +176,54 @@ class AccessLogEntry:
     resource_type: str
     outcome: str
     fields: tuple[str, ...]
+    identified: bool = True  # False: the actor saw data about the patient, not who they are
 
 
 @dataclass(frozen=True)
 class LedgerQuery:
-    actor_id: str | None = None
-    token_id: str | None = None
-    patient_id: str | None = None
-    record_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    """Which access entries to find (the access index answers it).
+
+    Each selector is a set: empty means any. A `not_` set excludes entries
+    that match it ("token T, not from its usual address"). The patient,
+    record, practitioner and establishment selectors match an entry if any
+    of its items (or, for a refusal, the ids it asked for) names them.
+    Entries come in sequence order, after `after` (a cursor: the last
+    sequence of the previous page), at most `limit` of them.
+    """
+
+    actor_ids: frozenset[str] = frozenset()
+    token_ids: frozenset[str] = frozenset()
+    integration_ids: frozenset[str] = frozenset()
+    client_ips: frozenset[str] = frozenset()
+    user_agents: frozenset[str] = frozenset()
+    not_actor_ids: frozenset[str] = frozenset()
+    not_token_ids: frozenset[str] = frozenset()
+    not_integration_ids: frozenset[str] = frozenset()
+    not_client_ips: frozenset[str] = frozenset()
+    not_user_agents: frozenset[str] = frozenset()
+    patient_ids: frozenset[str] = frozenset()
+    record_ids: frozenset[str] = frozenset()
+    practitioner_ids: frozenset[str] = frozenset()
+    establishment_ids: frozenset[str] = frozenset()
+    outcomes: frozenset[str] = frozenset()
+    actions: frozenset[str] = frozenset()
+    resource_types: frozenset[str] = frozenset()
+    since: datetime | None = None  # at >= since
+    until: datetime | None = None  # at < until
+    after: int = 0
     limit: int = 500
+
+
+class PointInTime(Protocol):
+    """The log replayed to a past position: what a record held when it was disclosed."""
+
+    async def values(
+        self, resource_type: str, item: Disclosure, as_of: int, as_of_tx: int = 0
+    ) -> dict[str, object]:
+        """The disclosed fields of `item` as the answer carried them, rebuilt by replay."""
+
+    async def contact(self, patient_id: str, as_of: int) -> dict[str, object] | None:
+        """The patient's identity and contact details at that position, or None if unknown."""
 
 
 class ReadModels(Protocol):

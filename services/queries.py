@@ -43,6 +43,15 @@ def _check_range(first: date, last: date) -> None:
         raise InvalidValue(f"at most {MAX_DAYS} days", field="to")
 
 
+@dataclass(frozen=True)
+class AgendaView:
+    """A practitioner's day as one actor may see it."""
+
+    establishment_id: UUID
+    entries: list[AgendaEntry]
+    hidden: frozenset[str]  # the fields this actor may not see: blank them
+
+
 ScopeLookup = Callable[[Actor, UUID], Awaitable[frozenset[str]]]
 
 
@@ -146,20 +155,18 @@ class QueryService:
             raise NotFound("no such motive for this practitioner", field="motive_id")
         return found if found in bookable else None
 
-    async def agenda(
-        self, actor: Actor, practitioner_id: UUID, day: date
-    ) -> tuple[list[AgendaEntry], frozenset[str]]:
-        """The day's entries and the fields this actor may not see (blank them)."""
+    async def agenda(self, actor: Actor, practitioner_id: UUID, day: date) -> AgendaView:
+        """The day's entries, whose establishment they are, and what to blank."""
         found = await self.read.agenda(practitioner_id, day)
         establishment_id, entries = found if found else (None, [])
         resource = Resource(
             Kind.AGENDA, practitioner_id=practitioner_id, establishment_id=establishment_id
         )
-        if found is None:
+        if establishment_id is None:
             raise NotFound("no such practitioner", field="practitioner_id")
         scopes = await self.scopes(actor, practitioner_id)
         decision = require(actor, Action.READ, resource, "practitioner_id", "practitioner", scopes)
-        return entries, decision.hidden
+        return AgendaView(establishment_id, entries, decision.hidden)
 
     async def patient_appointments(
         self, actor: Actor, patient_id: UUID

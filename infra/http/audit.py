@@ -14,13 +14,12 @@ request id) are stored escaped and bounded: see `infra.http.headers`.
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from domain.errors import Forbidden, NotFound
-from domain.ledger import AccessRecord
+from domain.ledger import IDENTITY_FIELDS, AccessRecord, Disclosure
 from infra.http.headers import USER_AGENT_LIMIT, escaped, header
 from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
 from infra.http.wire import HTTPProblem
@@ -42,35 +41,89 @@ class Audit:
 class Access:
     """What one request disclosed or changed, noted by its handler."""
 
-    record_ids: list[str] = field(default_factory=list)
-    patient_ids: list[str] = field(default_factory=list)
+    items: list[Disclosure] = field(default_factory=list)
+    record_ids: list[str] = field(default_factory=list)  # touched or asked for, beyond items
+    patient_ids: list[str] = field(default_factory=list)  # concerned, beyond items
     fields: list[str] = field(default_factory=list)
     as_of: int = 0
+    as_of_tx: int = 0
+    replay: bool = False
     noted: bool = False
 
 
 ACCESS = web.RequestKey("access", Access)
+# What a request's selectors may hold in its entry: enough to say what was
+# asked for, bounded whatever the client sends.
+MAX_SELECTORS, SELECTOR_LIMIT = 16, 200
+_NOT_SELECTORS = frozenset({"min_position"})
+
+
+def _id(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def disclosed(
+    record_id: object,
+    *,
+    patient_id: object = None,
+    practitioner_id: object = None,
+    establishment_id: object = None,
+    fields: Sequence[str] = (),
+    identified: bool | None = None,
+) -> Disclosure:
+    """One record as it left in an answer; the patient is identified if an identity field did."""
+    if identified is None:
+        identified = not IDENTITY_FIELDS.isdisjoint(fields)
+    return Disclosure(
+        record_id=str(record_id),
+        patient_id=_id(patient_id),
+        identified=patient_id is not None and identified,
+        practitioner_id=_id(practitioner_id),
+        establishment_id=_id(establishment_id),
+        fields=tuple(fields),
+    )
 
 
 def note(
     request: web.Request,
     *,
-    record_ids: Sequence[object],
+    items: Sequence[Disclosure] = (),
+    record_ids: Sequence[object] = (),
     patient_ids: Sequence[object] = (),
     fields: Sequence[str] = (),
     as_of: int = 0,
+    as_of_tx: int = 0,
+    replay: bool = False,
 ) -> None:
+    """Say what this request disclosed or changed (`items`), or whose data it was about."""
     access = request[ACCESS]
+    access.items += items
     access.record_ids += [str(i) for i in record_ids]
     access.patient_ids += [str(i) for i in patient_ids if i is not None]
-    access.fields += [f for f in fields if f not in access.fields]
-    access.as_of = max(access.as_of, as_of)
+    for f in [*fields, *(f for i in items for f in i.fields)]:
+        if f not in access.fields:
+            access.fields.append(f)
+    if (as_of, as_of_tx) > (access.as_of, access.as_of_tx):
+        access.as_of, access.as_of_tx = as_of, as_of_tx
+    access.replay = access.replay or replay
     access.noted = True
+
+
+def selectors(request: web.Request) -> tuple[tuple[str, str], ...]:
+    """The path ids and query parameters the caller sent, escaped and bounded, sorted."""
+    pairs = {(k, escaped(v, SELECTOR_LIMIT)) for k, v in request.match_info.items()}
+    pairs |= {
+        (escaped(k, SELECTOR_LIMIT), escaped(v, SELECTOR_LIMIT))
+        for k, v in request.query.items()
+        if k not in _NOT_SELECTORS
+    }
+    return tuple(sorted(pairs))[:MAX_SELECTORS]
 
 
 def access_record(
     request: web.Request, actor: Actor, audit: Audit, outcome: str, access: Access
 ) -> AccessRecord:
+    items = tuple({(i.record_id, i.patient_id): i for i in access.items}.values())
     return AccessRecord(
         actor_kind=actor.kind.value,
         actor_id=str(actor.id),
@@ -78,21 +131,29 @@ def access_record(
         integration_id=str(actor.id) if actor.kind is ActorKind.INTEGRATION else None,
         action=audit.action,  # type: ignore[arg-type]
         resource_type=audit.resource,
-        record_ids=tuple(dict.fromkeys(access.record_ids)),
-        patient_ids=tuple(dict.fromkeys(access.patient_ids)),
+        record_ids=tuple(dict.fromkeys([*(i.record_id for i in items), *access.record_ids])),
+        patient_ids=tuple(
+            dict.fromkeys([*(i.patient_id for i in items if i.patient_id), *access.patient_ids])
+        ),
         fields=tuple(access.fields),
+        items=items,
+        selectors=selectors(request),
+        replay=access.replay,
         purpose=header(request, PURPOSE_HEADER, "treatment"),
         outcome=outcome,  # type: ignore[arg-type]
-        at=datetime.now(UTC),
+        at=request.app[SERVICES].clock.now(),
         request_id=request.get(REQUEST_ID, ""),
         client_ip=request.remote or "",
         user_agent=header(request, "User-Agent", limit=USER_AGENT_LIMIT),
         as_of=access.as_of,
+        as_of_tx=access.as_of_tx,
     )
 
 
 def _asked_for(request: web.Request, audit: Audit) -> Access:
-    """The ids the caller named: in the path, and any the handler noted from the body."""
+    """The ids the caller named: in the path, and any the handler noted from the body.
+
+    Nothing was disclosed, so no items: the ids are what was tried."""
     # A path id that is not a uuid is whatever the client sent: kept escaped.
     ids = [escaped(request.match_info[n]) for n in audit.ids if n in request.match_info]
     noted = request.get(ACCESS) or Access()

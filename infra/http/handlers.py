@@ -7,9 +7,10 @@ import msgspec
 from aiohttp import web
 
 from domain.agenda import Appointment
+from domain.ledger import Disclosure
 from domain.values import Absence, BookingPolicy, Motive, OpeningHours, Sex
 from infra.http import schemas as s
-from infra.http.audit import note
+from infra.http.audit import disclosed, note
 from infra.http.convert import (
     appointment_out,
     establishment_out,
@@ -101,6 +102,15 @@ async def add_absence(request: web.Request) -> web.Response:
 PATIENT_FIELDS = tuple(s.PatientOut.__struct_fields__)
 
 
+def _patient_item(patient_id: object, establishment_id: object) -> Disclosure:
+    return disclosed(
+        patient_id,
+        patient_id=patient_id,
+        establishment_id=establishment_id,
+        fields=PATIENT_FIELDS,
+    )
+
+
 # -- patients ---------------------------------------------------------------
 
 
@@ -117,13 +127,10 @@ async def register_patient(request: web.Request) -> web.Response:
         email=body.email,
         phone=body.phone,
     )
-    note(
-        request,
-        record_ids=[saved.id],
-        patient_ids=[saved.id],
-        fields=PATIENT_FIELDS,
-        as_of=saved.position,
-    )
+    # The registration is the change; the answer discloses only the new id.
+    actor = actor_of(request)
+    registrar = actor.establishment_id if actor.kind is ActorKind.STAFF else None
+    note(request, items=[_patient_item(saved.id, registrar)], as_of=saved.position)
     return reply(s.Created(id=saved.id), 201, saved.position)
 
 
@@ -132,9 +139,7 @@ async def get_patient(request: web.Request) -> web.Response:
     found = await services_of(request).directory.patient(actor_of(request), patient_id)
     note(
         request,
-        record_ids=[found.id],
-        patient_ids=[found.id],
-        fields=PATIENT_FIELDS,
+        items=[_patient_item(found.id, found.registered_by_establishment)],
         as_of=log_position(found),
     )
     return reply(patient_out(found))
@@ -150,9 +155,7 @@ async def change_contact_details(request: web.Request) -> web.Response:
     found = await directory.patient(actor_of(request), saved.id)
     note(
         request,
-        record_ids=[found.id],
-        patient_ids=[found.id],
-        fields=PATIENT_FIELDS,
+        items=[_patient_item(found.id, found.registered_by_establishment)],
         as_of=log_position(found),
     )
     return reply(patient_out(found), 200, saved.position)
@@ -169,9 +172,14 @@ async def give_consent(request: web.Request) -> web.Response:
     )
     note(
         request,
-        record_ids=[patient_id],
-        patient_ids=[patient_id],
-        fields=("consent",),
+        items=[
+            disclosed(
+                patient_id,
+                patient_id=patient_id,
+                establishment_id=body.establishment_id,
+                fields=("consent",),
+            )
+        ],
         as_of=given.position,
     )
     out = s.ConsentOut(patient_id=patient_id, establishment_id=body.establishment_id)
@@ -202,11 +210,19 @@ def _note_appointments(
     as_of: int,
     hidden: frozenset[str] = frozenset(),
 ) -> None:
+    shown = [f for f in APPOINTMENT_FIELDS if f not in hidden]
     note(
         request,
-        record_ids=[a.id for a in appointments],
-        patient_ids=[a.patient_id for a in appointments],
-        fields=[f for f in APPOINTMENT_FIELDS if f not in hidden],
+        items=[
+            disclosed(
+                a.id,
+                patient_id=a.patient_id,
+                practitioner_id=a.practitioner_id,
+                establishment_id=a.establishment_id,
+                fields=shown,
+            )
+            for a in appointments
+        ],
         as_of=as_of,
     )
 
@@ -241,6 +257,7 @@ async def book(request: web.Request) -> web.Response:
     )
     # A replay answers the appointment as it is now, so that is what it reflects.
     as_of = log_position(booked.appointment) if booked.replayed else booked.position
+    note(request, replay=booked.replayed)
     response = await _answer(request, booked.appointment, as_of, 201)
     response.headers["Location"] = f"/appointments/{booked.appointment.id}"
     if booked.replayed:
@@ -272,7 +289,20 @@ async def reschedule(request: web.Request) -> web.Response:
     booked = await services_of(request).booking.reschedule(
         actor_of(request), meta_of(request), appointment_id, body.start
     )
-    note(request, record_ids=[appointment_id])  # the one it replaces changed too
+    new = booked.appointment
+    # The appointment it replaces changed too: cancelled, pointing at the new one.
+    note(
+        request,
+        items=[
+            disclosed(
+                appointment_id,
+                patient_id=new.patient_id,
+                practitioner_id=new.practitioner_id,
+                establishment_id=new.establishment_id,
+                fields=("status", "replaced_by", "cancellation_reason"),
+            )
+        ],
+    )
     response = await _answer(request, booked.appointment, booked.position, 201)
     response.headers["Location"] = f"/appointments/{booked.appointment.id}"
     return response

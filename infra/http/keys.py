@@ -12,7 +12,7 @@ from services.actors import Actor
 from services.booking import BookingService
 from services.credentials import CredentialService
 from services.directory import DirectoryService
-from services.ports import Metadata
+from services.ports import Clock, Metadata
 from services.queries import QueryService
 
 
@@ -24,6 +24,7 @@ class Services:
     queries: QueryService
     read: PostgresReadModels  # read-your-writes waits
     ledger: Ledger  # the access ledger, group-committed and fail-closed
+    clock: Clock  # the time every use case and access entry is stamped with
     # name -> async check returning "ok" or raising; /readyz runs them all
     checks: dict[str, Callable[[], Awaitable[str]]]
 

@@ -4,7 +4,7 @@ Both reads are themselves recorded in the ledger."""
 from aiohttp import web
 
 from infra.http import schemas as s
-from infra.http.audit import note
+from infra.http.audit import disclosed, note
 from infra.http.keys import actor_of, services_of
 from infra.http.wire import read_query, reply
 from services.ports import LedgerQuery
@@ -16,12 +16,12 @@ async def my_access_log(request: web.Request) -> web.Response:
     entries, as_of = await read.exactly(
         "access_log", lambda: services_of(request).queries.access_log(actor)
     )
+    fields = list(s.AccessLogEntryOut.__struct_fields__)
     note(
         request,
-        record_ids=[actor.id],
-        patient_ids=[actor.id],
-        fields=list(s.AccessLogEntryOut.__struct_fields__),
-        as_of=as_of,
+        items=[disclosed(actor.id, patient_id=actor.id, fields=fields, identified=True)],
+        as_of=as_of.position,
+        as_of_tx=as_of.tx,
     )
     return reply(
         s.AccessLogOut(
@@ -33,6 +33,7 @@ async def my_access_log(request: web.Request) -> web.Response:
                     resource_type=e.resource_type,
                     outcome=e.outcome,
                     fields=list(e.fields),
+                    identified=e.identified,
                 )
                 for e in entries
             ]
@@ -40,18 +41,22 @@ async def my_access_log(request: web.Request) -> web.Response:
     )
 
 
+def _one(value: str | None) -> frozenset[str]:
+    return frozenset() if value is None else frozenset({value})
+
+
 async def ledger(request: web.Request) -> web.Response:
     query = read_query(request, s.LedgerQueryIn)
     found = await services_of(request).queries.ledger(
         actor_of(request),
         LedgerQuery(
-            query.actor_id,
-            query.token_id,
-            query.patient_id,
-            query.record_id,
-            query.from_,
-            query.to,
-            query.limit,
+            actor_ids=_one(query.actor_id),
+            token_ids=_one(query.token_id),
+            patient_ids=_one(query.patient_id),
+            record_ids=_one(query.record_id),
+            since=query.from_,
+            until=query.to,
+            limit=query.limit,
         ),
     )
     note(

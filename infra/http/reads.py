@@ -5,7 +5,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from infra.http import schemas as s
-from infra.http.audit import note
+from infra.http.audit import disclosed, note
 from infra.http.convert import establishment_out, practitioner_out
 from infra.http.keys import SERVICES, actor_of, services_of
 from infra.http.wire import (
@@ -125,17 +125,28 @@ async def agenda(request: web.Request) -> web.Response:
     query = read_query(request, s.AgendaQuery)
     queries = await consistent(request, "agenda")
     actor = actor_of(request)
-    (entries, hidden), as_of = await services_of(request).read.exactly(
+    view, as_of = await services_of(request).read.exactly(
         "agenda", lambda: queries.agenda(actor, practitioner_id, query.date)
     )
-    masked = bool(hidden & {"patient_id", "patient_name"})
-    # The patients concerned are recorded even when their identity is not shown.
+    entries = view.entries
+    masked = bool(view.hidden & {"patient_id", "patient_name"})
+    shown = [f for f in AGENDA_FIELDS if not (masked and f.startswith("patient"))]
+    # A masked line still concerns its patient: the item names them, not identified.
     note(
         request,
-        record_ids=[e.appointment_id for e in entries],
-        patient_ids=[e.patient_id for e in entries],
-        fields=[f for f in AGENDA_FIELDS if not (masked and f.startswith("patient"))],
-        as_of=as_of,
+        items=[
+            disclosed(
+                e.appointment_id,
+                patient_id=e.patient_id,
+                practitioner_id=practitioner_id,
+                establishment_id=view.establishment_id,
+                fields=shown,
+            )
+            for e in entries
+        ],
+        fields=shown,
+        as_of=as_of.position,
+        as_of_tx=as_of.tx,
     )
     if masked:
         entries = [replace(e, patient_id=None, patient_name=None) for e in entries]
@@ -172,10 +183,20 @@ async def patient_appointments(request: web.Request) -> web.Response:
     )
     note(
         request,
-        record_ids=[a.appointment_id for a in found],
+        items=[
+            disclosed(
+                a.appointment_id,
+                patient_id=patient_id,
+                practitioner_id=a.practitioner_id,
+                establishment_id=a.establishment_id,
+                fields=PATIENT_APPOINTMENT_FIELDS,
+            )
+            for a in found
+        ],
         patient_ids=[patient_id],
         fields=PATIENT_APPOINTMENT_FIELDS,
-        as_of=as_of,
+        as_of=as_of.position,
+        as_of_tx=as_of.tx,
     )
     return reply(
         s.PatientAppointmentsOut(

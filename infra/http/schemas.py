@@ -370,6 +370,9 @@ class AccessLogEntryOut(Out):
     resource_type: str
     outcome: str
     fields: list[str]
+    # False when what the actor saw concerned you without naming you (a
+    # practice software without the contact scope sees a masked agenda line)
+    identified: bool
 
 
 class AccessLogOut(Out):

@@ -1,0 +1,13 @@
+"""`carnet scope`."""
+
+import argparse
+
+import asyncpg
+
+
+def add(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    sub.add_parser("scope", help="(being built)")
+
+
+async def run(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
+    raise SystemExit("carnet scope: not built yet")
