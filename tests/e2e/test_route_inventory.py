@@ -205,6 +205,9 @@ def example(method: str, path: str) -> Callable[[Example], Example]:
 async def _access_log(sc: Scene) -> Expect:
     alice = str(sc.world.patient)
     await sc.call("GET", f"/patients/{alice}", "admin", 200)
+    # The access log is fed by the ledger and takes no Carnet-Min-Position.
+    read = sc.services.read
+    await read.wait_for(await read.store.last_position(), ["access_log"])
     body = await sc.call("GET", "/me/access-log", "patient", 200)
     assert body["entries"], body
     return Expect("patient", "access-log", "read", {alice}, {alice})

@@ -2,7 +2,8 @@
 
 tests/fixtures/events-vN.jsonl hold one stored event of each event type, in the
 shapes of one release (v1: main at commit 9fe9e84, before issue 7; v2: issue 7,
-with care relationships and the patient's registering establishment), exactly as
+with care relationships and the patient's registering establishment; v3: issue 8,
+access entries with disclosure items, selectors, replay and as_of_tx), exactly as
 the mapper wrote them: one JSON object a line, with the stored state as text.
 They are never rewritten: a log in production holds them for ever. Every run
 decodes each of them into today's classes (where a field added since then must
@@ -12,7 +13,7 @@ projects them into every read model and loads every aggregate from them.
 When an event type is added or a shape changes, extend `todays_events` below and
 write the next file, keeping the older ones:
 
-    .venv/bin/python -m tests.integration.test_schema_evolution tests/fixtures/events-v2.jsonl
+    .venv/bin/python -m tests.integration.test_schema_evolution tests/fixtures/events-v3.jsonl
 """
 
 import importlib
@@ -35,7 +36,14 @@ import domain
 from domain.agenda import AgendaDay, Appointment, cancel, reschedule
 from domain.credentials import Grant, Token
 from domain.directory import Basis, CareRelationship, Establishment, Patient, Practitioner
-from domain.ledger import GENESIS, LEDGER_ID, AccessRecord, AccessRecorded, chain_hash
+from domain.ledger import (
+    GENESIS,
+    LEDGER_ID,
+    AccessRecord,
+    AccessRecorded,
+    Disclosure,
+    chain_hash,
+)
 from domain.values import Absence, BookingPolicy, Motive, Sex, Source
 from infra.codec import TypedMapper
 from infra.eventstore import EventStore
@@ -112,9 +120,22 @@ def todays_events() -> list[Any]:
         resource_type="Appointment",
         record_ids=(str(seen.id),),
         patient_ids=(str(patient.id),),
-        fields=("name", "start"),
+        fields=("id", "start"),
+        items=(
+            Disclosure(
+                record_id=str(seen.id),
+                patient_id=str(patient.id),
+                identified=False,
+                practitioner_id=str(prac.id),
+                establishment_id=str(est.id),
+                fields=("id", "start"),
+            ),
+        ),
+        selectors=(("appointment_id", str(seen.id)),),
+        replay=True,
         at=FIRST_SLOT,
         as_of=1,
+        as_of_tx=1,
     )
     entry = AccessRecorded(
         originator_id=LEDGER_ID,
@@ -197,6 +218,10 @@ def test_every_stored_event_of_a_past_release_decodes_into_today_s_class_whole(p
         assert not absent, f"{stored.topic} decodes without {absent}"
         again = mapper.to_domain_event(mapper.to_stored_event(event))
         assert vars(again) == vars(event)
+        if isinstance(event, AccessRecorded):
+            # An entry written by a past release still verifies under today's hash.
+            assert chain_hash(event.prev_hash, event.record) == event.hash
+            assert event.record.disclosures(), "an old entry still tells what it disclosed"
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
