@@ -53,10 +53,12 @@ class AccessLogProjection:
                     return []
                 fallback = LABELS.get(record.actor_kind, record.actor_kind)
                 # Whose identity reached the actor: a masked line concerns its
-                # patient without naming them. Before items, all counted as named.
+                # patient without naming them; a refusal disclosed nothing. An
+                # allowed entry from before items existed counts as naming them.
                 items = record.items
                 identified = [
-                    not items or any(i.identified for i in items if i.patient_id == p)
+                    record.outcome == "allowed"
+                    and (not items or any(i.identified for i in items if i.patient_id == p))
                     for p in record.patient_ids
                 ]
                 # A replayed booking created nothing: it sent the appointment again.
