@@ -159,3 +159,26 @@ async def test_an_agenda_read_s_as_of_is_exact_while_bookings_land(
             record.as_of,
         )
         assert {i.record_id for i in record.items} == shown == {r[0] for r in held}
+
+
+async def test_hostile_selectors_are_kept_escaped_and_bounded(
+    client: TestClient, world: World, pool: asyncpg.Pool
+):
+    # A malformed practitioner id is refused before the query is read, so
+    # whatever the query holds reaches the refusal's entry.
+    watch = LedgerWatch(pool)
+    await watch.mark()
+    hostile = "\x00\x1b[31m\ud7ffé" + "x" * 300  # the request line holds at most 8 KiB
+    params = {f"k{n}": hostile for n in range(20)} | {"date": "\x00"}
+    response = await client.get(
+        "/practitioners/%00nope/agenda", params=params, headers=world.auth("practitioner")
+    )
+    assert response.status == 404
+    (entry,) = await watch.new()
+    record = entry.record
+    assert record.outcome == "not-found"
+    assert 0 < len(record.selectors) <= 16
+    for name, value in record.selectors:
+        assert name.isprintable() and value.isprintable()
+        assert len(value) <= 200
+    assert ("date", "\\x00") in record.selectors
