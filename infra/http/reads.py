@@ -190,6 +190,8 @@ async def patient_appointments(request: web.Request) -> web.Response:
                 practitioner_id=a.practitioner_id,
                 establishment_id=a.establishment_id,
                 fields=PATIENT_APPOINTMENT_FIELDS,
+                # The answer names its patient once, at the top (`patient_id`).
+                identified=True,
             )
             for a in found
         ],

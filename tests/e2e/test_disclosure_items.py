@@ -182,3 +182,25 @@ async def test_hostile_selectors_are_kept_escaped_and_bounded(
         assert name.isprintable() and value.isprintable()
         assert len(value) <= 200
     assert ("date", "\\x00") in record.selectors
+
+
+async def test_a_patient_s_appointment_list_identifies_its_patient_and_names_each_controller(
+    client: TestClient, world: World, pool: asyncpg.Pool
+):
+    appointment = await booked(client, world, paris(WEDNESDAY, "09:40"))
+    watch = LedgerWatch(pool)
+    await watch.mark()
+    await ok(
+        await client.get(f"/patients/{world.patient}/appointments", headers=world.auth("patient"))
+    )
+    record = await last_read(watch)
+    (item,) = record.items
+    assert (item.record_id, item.patient_id, item.identified) == (
+        appointment["id"],
+        str(world.patient),
+        True,
+    )
+    assert (item.practitioner_id, item.establishment_id) == (
+        str(world.practitioner),
+        str(world.establishment),
+    )
