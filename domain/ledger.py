@@ -25,6 +25,8 @@ Action = Literal["read", "search", "export", "create", "change", "delete"]
 Outcome = Literal["allowed", "denied", "not-found", "attempted"]
 TamperKind = Literal["altered", "deleted", "inserted", "reordered"]
 
+_ACTIONS, _OUTCOMES = frozenset(get_args(Action)), frozenset(get_args(Outcome))
+
 LEDGER_ID = uuid5(NAMESPACE_URL, "/carnet/access-ledger")
 GENESIS = "0" * 64
 
@@ -98,9 +100,9 @@ class AccessRecord:
     as_of_tx: int = 0
 
     def __post_init__(self) -> None:
-        if self.action not in get_args(Action):
+        if self.action not in _ACTIONS:
             raise ValueError(f"unknown action {self.action!r}")
-        if self.outcome not in get_args(Outcome):
+        if self.outcome not in _OUTCOMES:
             raise ValueError(f"unknown outcome {self.outcome!r}")
         if self.at.tzinfo is None:
             # A naive time would hash differently wherever it is read back.
