@@ -10,14 +10,13 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
-from eventsourcing.persistence import StoredEvent
 
-from domain.ledger import LEDGER_ID, AccessRecord
+from domain.ledger import AccessRecord
 from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
+from infra import access_index
 from infra.codec import TypedMapper
 from infra.eventstore import Checkpoint, EventStore
 from infra.projector import CHECKPOINTS
-from infra.schema import SCHEMA
 from projections import READ_SCHEMA
 from services.ports import (
     AccessLogEntry,
@@ -212,37 +211,27 @@ class PostgresReadModels:
             patient_id,
             limit,
         )
-        return [
-            AccessLogEntry(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6]), r[7]) for r in rows
-        ]
+        return [AccessLogEntry(r[0], r[1], r[2], r[3], r[4], r[5], tuple(r[6]), r[7]) for r in rows]
 
-    async def ledger_entries(self, query: LedgerQuery) -> list[tuple[int, AccessRecord]]:
-        """Straight from the log (the ledger is the evidence, not a projection of it)."""
-        rows = await self._db().fetch(
-            f"""SELECT originator_version, topic, state FROM {SCHEMA}.events e,
-                LATERAL (SELECT convert_from(e.state, 'UTF8')::jsonb -> 'record' AS r) j
-            WHERE originator_id = $1
-              AND ($2::text IS NULL OR j.r ->> 'actor_id' = $2)
-              AND ($3::text IS NULL OR j.r ->> 'token_id' = $3)
-              AND ($4::text IS NULL OR j.r -> 'patient_ids' ? $4)
-              AND ($5::text IS NULL OR j.r -> 'record_ids' ? $5)
-              AND ($6::timestamptz IS NULL OR (j.r ->> 'at')::timestamptz >= $6)
-              AND ($7::timestamptz IS NULL OR (j.r ->> 'at')::timestamptz < $7)
-            ORDER BY originator_version LIMIT $8""",
-            LEDGER_ID,
-            next(iter(query.actor_ids), None),
-            next(iter(query.token_ids), None),
-            next(iter(query.patient_ids), None),
-            next(iter(query.record_ids), None),
-            query.since,
-            query.until,
-            query.limit,
-        )
-        found = []
-        for version, topic, state in rows:
-            event = self.mapper.to_domain_event(StoredEvent(LEDGER_ID, version, topic, state))
-            found.append((version, event.record))
-        return found
+    async def ledger_entries(
+        self, query: LedgerQuery, *, fresh: bool = True
+    ) -> list[tuple[int, AccessRecord]]:
+        """Found through the access index, read from the log (the ledger is the evidence).
+
+        `fresh`: first wait (up to `max_wait`, else NotCaughtUp) until the index
+        holds every entry committed before the call, so that an entry is found as
+        soon as the request that wrote it has been answered.
+        """
+        snapshot = _SNAPSHOT.get()
+        if snapshot is not None:
+            return await access_index.find(snapshot, query, self.mapper)
+        if fresh:
+            try:
+                await access_index.caught_up(self.pool, self.max_wait)
+            except access_index.IndexBehind as e:
+                raise NotCaughtUp(str(e)) from None
+        async with self.pool.acquire() as conn, conn.transaction(readonly=True):
+            return await access_index.find(conn, query, self.mapper)
 
     async def patient_appointments(self, patient_id: UUID) -> list[PatientAppointment]:
         rows = await self._db().fetch(

@@ -1,5 +1,6 @@
 """Read models: one module per read model, each a pure projection of the log."""
 
+from projections.access_index import AccessIndexProjection
 from projections.access_log import AccessLogProjection
 from projections.agenda import AgendaProjection
 from projections.availability import AvailabilityProjection
@@ -17,6 +18,7 @@ def all_projections() -> list[Projection]:
         AgendaProjection(),
         PatientViewProjection(),
         AccessLogProjection(),
+        AccessIndexProjection(),
     ]
 
 

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from domain.agenda import AgendaDay, Appointment, book
 from domain.errors import DomainError
+from domain.ledger import AccessRecord, Disclosure
 from domain.values import Source
 from infra.http.keys import Services
 from tests.conftest import T0
@@ -58,6 +59,30 @@ async def run_workload(services: Services, world: World, operations: int, seed: 
                     patient_id=rng.choice(patients),
                 )
                 booked.append(result.appointment.id)
+                # The access it is, so the ledger-fed read models have rows too.
+                a = result.appointment
+                item = Disclosure(
+                    record_id=str(a.id),
+                    patient_id=str(a.patient_id),
+                    identified=True,
+                    practitioner_id=str(a.practitioner_id),
+                    establishment_id=str(a.establishment_id),
+                    fields=("id", "patient_id", "start"),
+                )
+                await services.ledger.record(
+                    AccessRecord(
+                        actor_kind="admin",
+                        actor_id=str(ROOT.id),
+                        action="create",
+                        resource_type="appointment",
+                        record_ids=(item.record_id,),
+                        patient_ids=(str(a.patient_id),),
+                        fields=item.fields,
+                        items=(item,),
+                        at=services.clock.now(),
+                        as_of=result.position,
+                    )
+                )
             elif roll < 0.8:
                 await services.booking.cancel(
                     ROOT, META, booked.pop(rng.randrange(len(booked))), "changed plans"

@@ -379,14 +379,52 @@ class AccessLogOut(Out):
     entries: list[AccessLogEntryOut]
 
 
+# One value, or several separated by commas (any of them matches); user agents
+# hold commas, so `user_agent` and `not_user_agent` take one value each.
+LedgerValues = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=2000,
+        pattern=ONE_LINE,
+        description="one value, or several separated by commas (at most 50, each at most 64 "
+        "characters)",
+    ),
+]
+UserAgentIn = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=ONE_LINE)]
+
+
 class LedgerQueryIn(Strict):
-    actor_id: LedgerText | None = None
-    token_id: LedgerText | None = None
-    patient_id: LedgerText | None = None
-    record_id: LedgerText | None = None
+    actor_id: LedgerValues | None = None
+    token_id: LedgerValues | None = None
+    integration_id: LedgerValues | None = None
+    client_ip: LedgerValues | None = None
+    user_agent: UserAgentIn | None = None
+    not_actor_id: LedgerValues | None = None
+    not_token_id: LedgerValues | None = None
+    not_integration_id: LedgerValues | None = None
+    not_client_ip: LedgerValues | None = None
+    not_user_agent: UserAgentIn | None = None
+    patient_id: LedgerValues | None = None
+    record_id: LedgerValues | None = None
+    practitioner_id: LedgerValues | None = None
+    establishment_id: LedgerValues | None = None
+    outcome: LedgerValues | None = None
+    action: LedgerValues | None = None
+    resource_type: LedgerValues | None = None
     from_: datetime | None = msgspec.field(name="from", default=None)
     to: datetime | None = None
+    after: Annotated[int, msgspec.Meta(ge=0)] = 0  # the `next` of the previous page
     limit: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 500
+
+
+class DisclosureOut(Out):
+    record_id: str
+    patient_id: str | None
+    identified: bool
+    practitioner_id: str | None
+    establishment_id: str | None
+    fields: list[str]
 
 
 class LedgerEntryOut(Out):
@@ -407,7 +445,14 @@ class LedgerEntryOut(Out):
     client_ip: str
     user_agent: str
     as_of: int
+    on_behalf_of: str | None = None
+    items: list[DisclosureOut] = []
+    selectors: list[tuple[str, str]] = []
+    replay: bool = False
+    as_of_tx: int = 0
 
 
 class LedgerOut(Out):
     entries: list[LedgerEntryOut]
+    # The `after` of the next page; null on the last one.
+    next: int | None = None

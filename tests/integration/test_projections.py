@@ -70,6 +70,7 @@ class AppliedOnce:
 
     name = "applied_once"
     tables: tuple[str, ...] = ("events",)
+    reads_ledger = True  # every event of the log, access entries included
 
     def ddl(self, t: Mapping[str, str]) -> list[str]:
         return [
