@@ -11,7 +11,9 @@ from infra.http import handlers as h
 from infra.http import ledger_routes as lg
 from infra.http import reads as r
 from infra.http import schemas as s
+from infra.http import scope_routes as sc
 from infra.http.audit import Audit, audited
+from services.scoping import Scope
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,11 +58,12 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/ledger",
         lg.ledger,
-        "The access ledger, filtered (analysts); reading it is recorded in it",
+        "The access ledger, filtered and paged (analysts); reading it is recorded in it",
         "analysts",
         s.LedgerOut,
         query=s.LedgerQueryIn,
         errors=(400, 401, 403, 503),
+        read_model=True,
         audit=Audit("access-log", "search"),
     ),
     Route(
@@ -360,6 +363,19 @@ ROUTES: tuple[Route, ...] = (
         "integrations",
         s.GrantOut,
         errors=(401, 404, 409, 503),
+    ),
+    Route(
+        "POST",
+        "/analyst/scopes",
+        sc.scope,
+        "Scope a breach (analysts): records disclosed with their values as of then, patients "
+        "to notify, attempts, anomaly start; the answer is scope.json, recorded in the ledger",
+        "analysts",
+        Scope,
+        200,
+        sc.ScopeRequest,
+        errors=(400, 401, 403, 409, 413, 415, 422, 503),
+        audit=Audit("scope", "export"),
     ),
     Route("GET", "/healthz", h.healthz, "Liveness", "operations", s.Health, public=True, errors=()),
     Route(

@@ -12,6 +12,7 @@ from msgspec import inspect as mi
 
 from infra.http import schemas as s
 from infra.http.routes import ROUTES, Route
+from infra.http.scope_routes import ScopeRequest
 from tests.e2e.support import THURSDAY, WEDNESDAY, paris
 
 # One request each body or query Struct accepts, with every field valid:
@@ -48,6 +49,7 @@ VALID: dict[type, dict[str, Any]] = {
     s.IssueToken: {"actor_kind": "analyst", "label": "fuzz"},
     s.RevokeToken: {"reason": "lost"},
     s.LedgerQueryIn: {},
+    ScopeRequest: {"token_ids": ["00000000-0000-4000-8000-000000000001"]},
     s.EstablishmentsQuery: {},
     s.PractitionersQuery: {},
     s.SearchQuery: {"from": WEDNESDAY, "to": WEDNESDAY},
@@ -57,7 +59,7 @@ VALID: dict[type, dict[str, Any]] = {
 
 def actor_for(route: Route) -> str:
     """Who sends it: an actor allowed to, so the text is what is judged."""
-    if route.path == "/ledger":
+    if route.path in ("/ledger", "/analyst/scopes"):
         return "analyst"
     if route.path.endswith(("/motives", "/absences")):
         return "practitioner"

@@ -107,6 +107,7 @@ MATRIX: dict[tuple[str, str], Cells] = {
     ("POST", "/patients"): cells(_FORBIDDEN, admin=(201,), staff=(201,)),
     ("GET", "/me/access-log"): cells(_FORBIDDEN, patient=(200,)),
     ("GET", "/ledger"): cells(_FORBIDDEN, admin=(200,), analyst=(200,)),
+    ("POST", "/analyst/scopes"): cells(_FORBIDDEN, admin=(200,), analyst=(200,)),
 }
 
 
@@ -203,6 +204,10 @@ async def request_for(
         return template, {"json": body}, None
     if route == ("POST", "/patients"):
         return template, {"json": WALK_IN}, None
+    if route == ("POST", "/analyst/scopes"):
+        # Everything the patient's token touched: what a stolen-token scope asks.
+        token = str(board.world.actors["patient"].token_id)
+        return template, {"json": {"token_ids": [token]}}, None
     return template, {"params": {"limit": "5"}} if template == "/ledger" else {}, None
 
 

@@ -371,6 +371,20 @@ async def _fulfilled(sc: Scene) -> Expect:
     return await _mark(sc, "fulfilled", "staff")
 
 
+@example("POST", "/analyst/scopes")
+async def _scope(sc: Scene) -> Expect:
+    made = await sc.book()
+    await sc.call("GET", f"/appointments/{made}", "practitioner", 200)
+    practitioner = str(sc.world.actors["practitioner"].id)
+    body = await sc.call(
+        "POST", "/analyst/scopes", "analyst", 200, json={"actor_ids": [practitioner]}
+    )
+    assert [r["record_id"] for r in body["records"]] == [made]
+    alice = str(sc.world.patient)
+    # The scope hands over the appointment's values and Alice's contact details.
+    return Expect("analyst", "scope", "export", {made, alice}, {alice})
+
+
 async def test_the_examples_cover_exactly_the_audited_routes(services: Services):
     audited = {key for key, audit in wired(services).items() if audit is not None}
     assert audited == {(r.method, r.path) for r in ROUTES if r.audit is not None}
