@@ -13,6 +13,7 @@ import platform
 import time
 from datetime import UTC, datetime
 
+from tests.bench.access_index import bench_access_index
 from tests.bench.append import bench_append
 from tests.bench.audit import bench_audit, bench_ledger
 from tests.bench.common import (
@@ -30,8 +31,23 @@ from tests.bench.lag import bench_lag
 from tests.bench.peer import bench_peer
 from tests.bench.rebuild import bench_rebuild
 from tests.bench.relay import bench_relay
+from tests.bench.replay import bench_replay, bench_replay_rss
+from tests.bench.scope import bench_scope
 
-BENCHMARKS = ("append", "peer", "http", "lag", "rebuild", "relay", "audit", "ledger")
+BENCHMARKS = (
+    "append",
+    "peer",
+    "http",
+    "lag",
+    "rebuild",
+    "relay",
+    "audit",
+    "ledger",
+    "replay",
+    "replay-rss",
+    "access-index",
+    "scope",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, list[str]]:
@@ -110,6 +126,14 @@ async def run(server: str, cfg: Config, which: list[str]) -> list[Result]:
         results += await bench_audit(server, cfg)
     if "ledger" in which:
         results += await bench_ledger(server, cfg)
+    if "replay" in which:
+        results += await bench_replay(server, cfg)
+    if "replay-rss" in which:
+        results += await bench_replay_rss(server, cfg)
+    if "access-index" in which:
+        results += await bench_access_index(server, cfg)
+    if "scope" in which:
+        results += await bench_scope(server, cfg)
     return results
 
 

@@ -57,6 +57,11 @@ class Config:
     ledger_seconds: float = 1.5  # benchmark 8: one measurement of one side at one level
     ledger_rounds: int = 2
     ledger_interval: float | None = None  # benchmarks 7, 8: Ledger(interval=…) instead of default
+    replay_events: int = 1_000_000  # issue 8 benchmark 3: the log replayed through the decoder
+    replay_rounds: int = 3
+    rss_events: int = 10_000_000  # issue 8 benchmark 4: peak RSS of one replay this long
+    index_entries: int = 10_000_000  # issue 8 benchmark 1: access entries in the index
+    index_samples: int = 200  # issue 8 benchmark 1: days queried, each side
 
 
 QUICK = Config(
@@ -79,6 +84,11 @@ QUICK = Config(
     audit_rounds=2,
     ledger_seconds=0.75,
     ledger_rounds=1,
+    replay_events=200_000,
+    replay_rounds=2,
+    rss_events=1_000_000,
+    index_entries=300_000,
+    index_samples=60,
 )
 
 
