@@ -18,7 +18,7 @@ from infra.access_index import INDEX
 from infra.http import schemas as s
 from infra.http.audit import disclosed, note
 from infra.http.keys import actor_of, services_of
-from infra.http.reads import consistent
+from infra.http.reads import behind, consistent
 from infra.http.wire import HTTPProblem, read_query, reply
 from infra.readmodels import NotCaughtUp
 from services.ports import LedgerQuery
@@ -157,14 +157,7 @@ async def ledger(request: web.Request) -> web.Response:
     try:
         found = await queries.ledger(actor_of(request), query)
     except NotCaughtUp as e:
-        raise HTTPProblem(
-            503,
-            "not-caught-up",
-            "The access index has not caught up yet",
-            str(e),
-            "access_index",
-            {"Retry-After": "1"},
-        ) from None
+        raise behind(e, "The access index has not caught up yet", "access_index") from None
     more = len(found) > q.limit
     found = found[: q.limit]
     note(

@@ -24,6 +24,11 @@ AGENDA_FIELDS = tuple(s.AgendaEntryOut.__struct_fields__)
 PATIENT_APPOINTMENT_FIELDS = tuple(s.PatientAppointmentOut.__struct_fields__)
 
 
+def behind(e: NotCaughtUp, title: str, field: str | None = None) -> HTTPProblem:
+    """The answer while a read model is behind what the request needs: retry soon."""
+    return HTTPProblem(503, "not-caught-up", title, str(e), field, {"Retry-After": "1"})
+
+
 async def consistent(request: web.Request, *projections: str) -> QueryService:
     """Wait until the read models hold the client's last write, if it named one."""
     services = request.app[SERVICES]
@@ -36,14 +41,7 @@ async def consistent(request: web.Request, *projections: str) -> QueryService:
         try:
             await services.read.wait_for(position, projections)
         except NotCaughtUp as e:
-            raise HTTPProblem(
-                503,
-                "not-caught-up",
-                "The read model has not caught up yet",
-                str(e),
-                MIN_POSITION_HEADER,
-                {"Retry-After": "1"},
-            ) from None
+            raise behind(e, "The read model has not caught up yet", MIN_POSITION_HEADER) from None
     return services.queries
 
 

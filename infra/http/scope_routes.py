@@ -16,6 +16,7 @@ from aiohttp import web
 from infra.http import schemas as s
 from infra.http.audit import note
 from infra.http.keys import actor_of, services_of
+from infra.http.reads import behind
 from infra.http.wire import HTTPProblem, read_body
 from infra.ledger import UnreadableEntry
 from infra.readmodels import NotCaughtUp
@@ -85,12 +86,6 @@ async def scope(request: web.Request) -> web.Response:
             "selector",
         ) from None
     except NotCaughtUp as e:
-        raise HTTPProblem(
-            503,
-            "not-caught-up",
-            "The access index has not caught up yet",
-            str(e),
-            headers={"Retry-After": "1"},
-        ) from None
+        raise behind(e, "The access index has not caught up yet", "access_index") from None
     note(request, items=disclosed_by(found), as_of=reflected(found))
     return web.Response(body=encode(found), content_type="application/json")

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from domain.ledger import AccessRecord
 from services.scoping.model import (
     BaselineRule,
+    Reason,
     ScopeAnomaly,
     ScopeAnomalyStart,
     ScopeBaseline,
@@ -121,30 +122,17 @@ class Profile:
             found.append(
                 ScopeDeparture(reason="user-agent", detail=f"new user agent {record.user_agent!r}")
             )
-        if over(self.peak, n, 10):
-            found.append(
-                ScopeDeparture(
-                    reason="rate",
-                    detail=f"{n} accesses in the hour to {record.at.isoformat()} "
-                    f"(baseline peak {self.peak}/h)",
+        # (reason, seen in the hour, baseline peak per hour, least jump, what was seen)
+        hourly: list[tuple[Reason, int, int, int, str]] = [
+            ("rate", n, self.peak, 10, f"{n} accesses in the hour to {record.at.isoformat()}"),
+            ("records", distinct, self.peak_records, 20, f"{distinct} distinct records in an hour"),
+            ("refusals", refused, self.peak_refusals, 5, f"{refused} refused look-ups in an hour"),
+        ]
+        for reason, seen, peak, least, what in hourly:
+            if over(peak, seen, least):
+                found.append(
+                    ScopeDeparture(reason=reason, detail=f"{what} (baseline peak {peak}/h)")
                 )
-            )
-        if over(self.peak_records, distinct, 20):
-            found.append(
-                ScopeDeparture(
-                    reason="records",
-                    detail=f"{distinct} distinct records in an hour "
-                    f"(baseline peak {self.peak_records}/h)",
-                )
-            )
-        if over(self.peak_refusals, refused, 5):
-            found.append(
-                ScopeDeparture(
-                    reason="refusals",
-                    detail=f"{refused} refused look-ups in an hour "
-                    f"(baseline peak {self.peak_refusals}/h)",
-                )
-            )
         _, practitioners = touched(record)
         if self.records and (new := sorted(practitioners - self.practitioners)):
             found.append(
