@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import uuid
@@ -302,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(COMMANDS[args.command](settings, servers, args))
     except KeyboardInterrupt:
         pass
+    except BrokenPipeError:
+        # The reader went away (`carnet log | head`): stop quietly, as Unix tools do.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the pipe
+        return 1
     except DomainError as e:
         print(f"carnet: {e.detail} ({e.field})", file=sys.stderr)
         return 2

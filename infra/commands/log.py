@@ -136,14 +136,24 @@ def add(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     )
 
 
+MAX_SEQUENCE = 2**63 - 1  # a bigint: the ledger's sequence numbers
+
+
 async def run(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
     try:
         query = query_of(args)
     except ValueError as e:
         print(f"carnet log: {e}", file=sys.stderr)
         return 2
-    if args.after < 0 or (args.limit is not None and args.limit < 1) or args.page < 1:
-        print("carnet log: --after must be >= 0, --limit and --page >= 1", file=sys.stderr)
+    sizes = [args.after, args.limit or 1, args.page]
+    if args.after < 0 or min(sizes[1:]) < 1 or max(sizes) > MAX_SEQUENCE:
+        print(
+            f"carnet log: --after must be 0 to {MAX_SEQUENCE}, --limit and --page 1 to it",
+            file=sys.stderr,
+        )
+        return 2
+    if not 0 <= args.wait <= 3600:  # NaN fails both
+        print("carnet log: --wait takes 0 to 3600 seconds", file=sys.stderr)
         return 2
     encode = msgspec.json.Encoder().encode
     out = sys.stdout.buffer

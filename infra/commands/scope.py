@@ -138,8 +138,11 @@ class Meter:
 
 
 async def run(pool: asyncpg.Pool, args: argparse.Namespace) -> int:
-    if args.out.exists() and not args.out.is_dir():
-        print(f"carnet scope: {args.out} is not a folder", file=sys.stderr)
+    try:
+        # Made first: a folder that cannot be written fails before any work.
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"carnet scope: --out {args.out}: {e.strerror or e}", file=sys.stderr)
         return 2
     try:
         caught = await access_index.catch_up_index(pool)

@@ -161,23 +161,32 @@ def digits(raw: str, field: str) -> int:
     return int(raw)
 
 
-def _integer_fields(cls: type) -> frozenset[str]:
-    """The query fields that take a number, by their names on the wire."""
-    found = _INTEGER_FIELDS.get(cls)
+def _fields_of(cls: type, kinds: tuple[type, ...]) -> frozenset[str]:
+    """The query fields whose type is one of `kinds`, by their names on the wire."""
+    found = _FIELDS_OF.get((cls, kinds))
     if found is None:
         info = msgspec.inspect.type_info(cls)
-        found = frozenset(f.encode_name for f in getattr(info, "fields", ()) if _is_integer(f.type))
-        _INTEGER_FIELDS[cls] = found
+        found = frozenset(
+            f.encode_name for f in getattr(info, "fields", ()) if _is_a(f.type, kinds)
+        )
+        _FIELDS_OF[(cls, kinds)] = found
     return found
 
 
-def _is_integer(t: msgspec.inspect.Type) -> bool:
+def _is_a(t: msgspec.inspect.Type, kinds: tuple[type, ...]) -> bool:
+    if isinstance(t, msgspec.inspect.Metadata):  # Annotated with constraints or a description
+        return _is_a(t.type, kinds)
     if isinstance(t, msgspec.inspect.UnionType):
-        return any(_is_integer(u) for u in t.types)
-    return isinstance(t, msgspec.inspect.IntType)
+        return any(_is_a(u, kinds) for u in t.types)
+    return isinstance(t, kinds)
 
 
-_INTEGER_FIELDS: dict[type, frozenset[str]] = {}
+_FIELDS_OF: dict[tuple[type, tuple[type, ...]], frozenset[str]] = {}
+_NUMBER = (msgspec.inspect.IntType,)
+_TIME = (msgspec.inspect.DateTimeType, msgspec.inspect.DateType)
+# What a date or time in a query must look like before msgspec reads it: its
+# lax mode would also take "null" (no filter at all) and numbers (Unix times).
+_TIME_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt][0-9:.]+([Zz]|[+-][0-9]{2}:[0-9]{2}))?")
 
 
 def _check_encoding(request: web.Request) -> None:
@@ -208,15 +217,21 @@ def _check_encoding(request: web.Request) -> None:
 def read_query(request: web.Request, cls: type[T]) -> T:
     _check_encoding(request)
     params: dict[str, str] = {}
-    numbers = _integer_fields(cls)
+    numbers, times = _fields_of(cls, _NUMBER), _fields_of(cls, _TIME)
     for key in request.query:
         if key == MIN_POSITION_PARAM:
             continue  # read-your-writes, handled by `consistent`
         values = request.query.getall(key)
         if len(values) != 1:
-            raise HTTPProblem(400, "invalid-input", "Give each parameter once", field=key)
+            raise HTTPProblem(
+                400, "invalid-input", "Give each parameter once", "given more than once", key
+            )
         if key in numbers:
             digits(values[0], key)
+        if key in times and not _TIME_TEXT.fullmatch(values[0]):
+            raise HTTPProblem(
+                400, "invalid-input", "A date (2026-12-01) or an RFC 3339 time", field=key
+            )
         params[key] = values[0]
     try:
         return _check_times(_nfc(msgspec.convert(params, cls, strict=False)))

@@ -183,6 +183,12 @@ async def test_the_search_is_itself_in_the_ledger_naming_what_it_showed(
         ({"not_client_ip": "a\x00b"}, "not_client_ip"),
         ({"from": "2026-12-02T10:00:00Z", "to": "2026-12-02T09:00:00Z"}, "to"),
         ({"from": "2026-12-02T10:00:00"}, "from"),
+        # msgspec's lax reading would take these as no filter, or as Unix times.
+        ({"from": "null"}, "from"),
+        ({"to": "null"}, "to"),
+        ({"from": "1764642000"}, "from"),
+        ({"to": "1.5"}, "to"),
+        ({"from": "-1"}, "from"),
         ({"after": "-1"}, "after"),
         ({"after": "1e3"}, "after"),
         ({"limit": "5001"}, "limit"),
