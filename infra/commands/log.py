@@ -5,7 +5,7 @@ entries, oldest first. Every filter flag may be repeated (any of its values
 matches); different flags combine with AND; `--not-…` flags exclude. The
 entries are found through the access index, which the command first brings
 up to the log's head itself, then read from the log (the ledger is the
-evidence). `add_filters` and `query_of` are shared with `carnet scope`.
+evidence).
 
 Exit status: 0 done; 1 the index cannot catch up (stopped on an error) or
 an entry cannot be decoded; 2 a bad flag.

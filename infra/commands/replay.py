@@ -3,7 +3,7 @@
 - `--aggregate ID` prints the aggregate's state as of that point, as JSON:
   its events at or before the position, folded.
 - `--read-model NAME` rebuilds that read model into a scratch schema as it
-  stood when its checkpoint was at that event (infra/scratch.py), prints the
+  stood when its checkpoint was at that event, prints the
   schema's name and its row counts, then either prints one table's rows as
   JSON lines (`--dump TABLE`) or keeps the schema for `--keep SECONDS` (or
   until Ctrl-C) for queries of your own; then drops it.
@@ -96,6 +96,10 @@ async def _position(store: EventStore, at: str) -> int | None:
         position = int(at)
         if position < 1 or position >= 2**63:
             raise BadInput(f"--at: position {at} is out of range")
+        head = await bounded(store.last_position(), LOOKUP_SECONDS)
+        if position > head:
+            # The log has not got there: "then" would be "now", labelled a future point.
+            raise BadInput(f"--at: position {at} is past the log's head ({head})")
         return position
     try:
         when = msgspec.convert(at, _Instant)

@@ -151,6 +151,7 @@ async def test_bad_input_is_refused_with_status_2_and_no_traceback(
         (("--at", "2026-12-01T08:00:00", "--aggregate", patient), "--at"),
         (("--at", "0", "--aggregate", patient), "--at"),
         (("--at", "9" * 30, "--aggregate", patient), "--at"),
+        (("--at", "99999999", "--aggregate", patient), "past the log's head"),
         (("--at", "5", "--aggregate", "not-a-uuid\x01"), "--aggregate"),
         (("--at", "5", "--read-model", "nope"), "--read-model"),
         (("--at", "5", "--read-model", "agenda", "--dump", "nope"), "--dump"),
