@@ -3,9 +3,7 @@ GET /ledger; a bad flag is a clear message and exit status 2, and an index
 that cannot catch up is exit status 1, never a traceback."""
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -20,6 +18,7 @@ from infra.http import schemas as s
 from infra.ledger import Ledger
 from infra.projector import CHECKPOINTS
 from tests.conftest import T0, Servers
+from tests.integration.test_cli import run_cli
 
 # (token, client ip, hours after T0): the stolen token is "t-1" away from 10.0.0.1.
 ENTRIES = [
@@ -32,14 +31,8 @@ ENTRIES = [
 
 
 def carnet_log(db_url: str, servers: Servers, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", "log", *args],
-        env={**os.environ, "CARNET_DATABASE_URL": db_url, "CARNET_NATS_URL": servers.nats_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"CARNET_DATABASE_URL": db_url, "CARNET_NATS_URL": servers.nats_url}
+    return run_cli("log", *args, env=env)
 
 
 @pytest.fixture

@@ -105,7 +105,8 @@ async def test_a_run_that_dies_leaves_a_schema_the_next_run_drops(
     env = {**os.environ, "CARNET_DATABASE_URL": db_url, "CARNET_NATS_URL": servers.nats_url}
     await booked_then_cancelled(client, world, pool)
     live = await checkpoints(pool)
-    args = [sys.executable, "-m", "infra.cli", "replay", "--at", "1000000", "--read-model"]
+    head = str(await pool.fetchval("SELECT max(position) FROM carnet.events"))
+    args = [sys.executable, "-m", "infra.cli", "replay", "--at", head, "--read-model"]
 
     def kept(name: str) -> "subprocess.Popen[str]":
         process = subprocess.Popen(
@@ -115,6 +116,7 @@ async def test_a_run_that_dies_leaves_a_schema_the_next_run_drops(
         for line in process.stdout:  # the schema is built once it says so
             if line.startswith("kept"):
                 return process
+        process.stdout.close()
         raise AssertionError(f"exit {process.wait()}")
 
     # Ctrl-C ends the wait and drops the schema.
@@ -131,7 +133,7 @@ async def test_a_run_that_dies_leaves_a_schema_the_next_run_drops(
     assert len(await scratch_schemas(pool)) == 1
     assert await checkpoints(pool) == live
     # …and the next run drops it.
-    done = run_cli("replay", "--at", "1000000", "--read-model", "agenda", "--keep", "0", env=env)
+    done = run_cli("replay", "--at", head, "--read-model", "agenda", "--keep", "0", env=env)
     assert done.returncode == 0, done.stderr
     assert await scratch_schemas(pool) == []
 

@@ -1,9 +1,7 @@
 """`carnet verify` on a real ledger: intact says so and exits 0; an entry
 altered or deleted with SQL is named, and the command exits 1."""
 
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -15,19 +13,14 @@ from infra.eventstore import EventStore
 from infra.ledger import Ledger, verify_ledger
 from infra.schema import SCHEMA
 from tests.conftest import Servers
+from tests.integration.test_cli import run_cli
 
 T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
 
 
 def verify(db_url: str, servers: Servers) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", "verify"],
-        env={**os.environ, "CARNET_DATABASE_URL": db_url, "CARNET_NATS_URL": servers.nats_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {"CARNET_DATABASE_URL": db_url, "CARNET_NATS_URL": servers.nats_url}
+    return run_cli("verify", env=env)
 
 
 @pytest.fixture
