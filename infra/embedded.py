@@ -67,6 +67,19 @@ class _Server:
         self.stop()
 
 
+# The handle that last started (or reused) the server on each data directory: only
+# it stops a postmaster that was restarted there behind its back.
+_OWNERS: dict[Path, "EmbeddedPostgres"] = {}
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        first = (pgdata / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+    except OSError:
+        return None
+    return int(first) if first.isdigit() else None
+
+
 class EmbeddedPostgres(_Server):
     def __init__(self, data_dir: Path, server: Any) -> None:
         info = server.get_postmaster_info()
@@ -79,6 +92,7 @@ class EmbeddedPostgres(_Server):
         self._stopped = False
         # True when another process started it: that process owns its lifetime.
         self.reused = False
+        _OWNERS[data_dir] = self
         atexit.register(self.stop)
 
     def detach(self) -> None:
@@ -94,9 +108,18 @@ class EmbeddedPostgres(_Server):
         lib = _pg_lib()
         lib.PostgresServer._instances.pop(self.data_dir, None)
         self._server.global_process_id_list.get_and_remove(os.getpid())
+        owner = _OWNERS.get(self.data_dir) is self
+        if owner:
+            del _OWNERS[self.data_dir]
         if not _alive(self.pid, "postgres"):
-            logger.warning("postgres (pid %s) was already gone", self.pid)
-            return
+            # Restarted behind our back (`pg_ctl restart`): the new postmaster is ours
+            # to stop too, unless another handle has started one here since.
+            current = _postmaster_pid(self.data_dir)
+            if not (owner and current and _alive(current, "postgres")):
+                logger.warning("postgres (pid %s) was already gone", self.pid)
+                return
+            logger.warning("postgres was restarted (pid %s, now %s)", self.pid, current)
+            self.pid = current
         try:
             args = ["-w", "-t", "60", "-m", "fast", "stop"]
             lib.pg_ctl(args, pgdata=self.data_dir, user=self._server.system_user)
@@ -240,15 +263,26 @@ class EmbeddedNats(_Server):
         if proc is None:
             return
         atexit.unregister(self.stop)
-        if timeout is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-                return
-            except subprocess.TimeoutExpired:
-                logger.warning("nats-server (pid %s) ignored SIGTERM; killing it", proc.pid)
-        proc.kill()
-        proc.wait()
+        try:
+            if timeout is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                    return
+                except subprocess.TimeoutExpired:
+                    logger.warning("nats-server (pid %s) ignored SIGTERM; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+        finally:
+            self._forget_pid(proc.pid)
+
+    def _forget_pid(self, pid: int) -> None:
+        # nats-server leaves its pid file behind; remove it only while it still names ours.
+        try:
+            if self._pid_path.read_text().strip() == str(pid):
+                self._pid_path.unlink()
+        except OSError:
+            pass
 
     def stop(self, timeout: float = 10.0) -> None:
         self._end(timeout)

@@ -146,3 +146,32 @@ def test_nats_start_stops_an_orphaned_server_on_the_same_data_dir(tmp_path: Path
             assert server.pid != orphan.pid
     finally:
         orphan.stop()
+
+
+def test_nats_clean_stop_leaves_no_pid_file(tmp_path: Path) -> None:
+    with start_nats(tmp_path / "nats") as server:
+        assert (tmp_path / "nats" / "nats-server.pid").exists()
+    assert not _accepts(server.port)
+    assert not (tmp_path / "nats" / "nats-server.pid").exists()
+
+
+async def test_postgres_restarted_behind_our_back_is_still_stopped(tmp_path: Path) -> None:
+    from infra.embedded import _pg_lib
+
+    pg = start_postgres(tmp_path / "pg")
+    first = pg.pid
+    try:
+        # An operator restarts the server by hand: a new postmaster, a new pid.
+        _pg_lib().pg_ctl(
+            ["-w", "-t", "60", "-m", "fast", "restart"],
+            pgdata=pg.data_dir,
+            user=pg._server.system_user,
+        )
+        _wait_until_dead(first)
+        restarted = int((tmp_path / "pg" / "postmaster.pid").read_text().split()[0])
+        assert restarted != first and _running(restarted)
+    finally:
+        pg.stop()
+    _wait_until_dead(restarted)
+    assert not _running(restarted)
+    assert not (tmp_path / "pg" / "postmaster.pid").exists()
