@@ -119,19 +119,22 @@ async def test_the_readme_walk_through_runs_against_a_live_server(
         "CARNET_STREAM": f"README_{uuid.uuid4().hex[:8].upper()}",
         "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", "run"],
+    log = (tmp_path / "carnet-run.log").open("wb")
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra.cli",
+        "run",
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         deadline = time.monotonic() + 60
         async with aiohttp.ClientSession() as http:
             while True:
-                assert server.poll() is None, server.stdout.read()  # type: ignore[union-attr]
+                assert server.returncode is None, (tmp_path / "carnet-run.log").read_text()
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/healthz") as answer:
                         if answer.status == 200:
@@ -145,7 +148,8 @@ async def test_the_readme_walk_through_runs_against_a_live_server(
         for n, step in enumerate(found):
             command = step.command.replace("B=http://127.0.0.1:8080", f"B=http://127.0.0.1:{port}")
             script += [f"echo '@@{n}@@'", command, "echo"]
-        done = subprocess.run(
+        done = await asyncio.to_thread(
+            subprocess.run,
             ["bash", "-c", "\n".join(script)],
             cwd=tmp_path,
             env=env,
@@ -170,9 +174,8 @@ async def test_the_readme_walk_through_runs_against_a_live_server(
     finally:
         server.terminate()
         try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(server.wait(), 30)
+        except TimeoutError:
             server.kill()
-            server.wait()
-        if server.stdout is not None:
-            server.stdout.close()
+            await server.wait()
+        log.close()
