@@ -35,16 +35,30 @@ from domain.ledger import (
     ChainVerifier,
     Entry,
     Finding,
+    chain_hash,
     link,
 )
 from infra.codec import TypedMapper
 from infra.deadlines import bounded
 from infra.eventstore import EventStore
-from infra.metrics import LEDGER_BATCH_SIZE, LEDGER_ENTRIES, LEDGER_FAILURES, LEDGER_WRITE_SECONDS
+from infra.metrics import (
+    LEDGER_BATCH_ENTRIES,
+    LEDGER_ENTRIES,
+    LEDGER_FAILURES,
+    LEDGER_WRITE_DURATION,
+)
 from infra.schema import SCHEMA
 from services.ports import LedgerUnavailable, Metadata, VersionConflict
 
-__all__ = ["Ledger", "LedgerUnavailable", "UnwritableEntry", "read_chain", "verify_ledger"]
+__all__ = [
+    "Ledger",
+    "LedgerUnavailable",
+    "UnwritableEntry",
+    "Verified",
+    "read_chain",
+    "verify_ledger",
+    "verify_ledger_after",
+]
 
 log = logging.getLogger("carnet.ledger")
 
@@ -55,7 +69,7 @@ WHERE originator_id = $1 ORDER BY originator_version DESC LIMIT 1
 """
 _CHAIN = f"""
 SELECT originator_version, topic, state FROM {SCHEMA}.events
-WHERE originator_id = $1 ORDER BY originator_version
+WHERE originator_id = $1 AND originator_version >= $2 ORDER BY originator_version
 """
 
 
@@ -167,8 +181,8 @@ class Ledger:
             log.warning("access ledger write of %d entries failed: %r", len(batch), e)
             self._refuse(batch, e)
             return
-        LEDGER_WRITE_SECONDS.observe(time.perf_counter() - started)
-        LEDGER_BATCH_SIZE.observe(len(batch))
+        LEDGER_WRITE_DURATION.observe(time.perf_counter() - started)
+        LEDGER_BATCH_ENTRIES.observe(len(batch))
         LEDGER_ENTRIES.inc(len(batch))
         for offset, waiting in enumerate(batch):
             if not waiting.done.done():
@@ -253,15 +267,15 @@ def decode(mapper: TypedMapper, version: int, topic: str, state: bytes) -> Acces
 
 
 async def _stream(
-    pool: asyncpg.Pool, page: int = 1000, mapper: TypedMapper | None = None
+    pool: asyncpg.Pool, page: int = 1000, mapper: TypedMapper | None = None, first: int = 0
 ) -> AsyncGenerator[Entry | UnreadableEntry, None]:
-    """The chain in version order, from one snapshot, `page` rows at a time."""
+    """The chain in version order from version `first`, from one snapshot, `page` rows at a time."""
     mapper = mapper or TypedMapper()
     async with (
         pool.acquire() as conn,
         conn.transaction(isolation="repeatable_read", readonly=True),
     ):
-        async for row in conn.cursor(_CHAIN, LEDGER_ID, prefetch=page):
+        async for row in conn.cursor(_CHAIN, LEDGER_ID, first, prefetch=page):
             try:
                 event = decode(mapper, row[0], row[1], row[2])
             except UnreadableEntry as e:
@@ -293,3 +307,58 @@ async def verify_ledger(pool: asyncpg.Pool, page: int = 1000) -> Finding | None:
             if verifier.settled:
                 break
     return verifier.result()
+
+
+@dataclass(frozen=True)
+class Verified:
+    """How far the chain is known to be intact: its last verified entry (0: none yet)."""
+
+    version: int = 0
+    hash: str = GENESIS
+
+
+async def verify_ledger_after(
+    pool: asyncpg.Pool, verified: Verified, page: int = 1000
+) -> tuple[Finding | None, Verified]:
+    """Verify only what was appended since `verified`, and that its last entry is unchanged.
+
+    Reads the entries from `verified.version` on (none before it), so a periodic
+    check costs what was written meanwhile, not the whole chain. Answers
+    (None, how far the chain is now verified) if intact. On the first fault it
+    runs `verify_ledger` over the whole chain, whose finding names the first bad
+    entry exactly as `carnet verify` does, and answers it with `verified` as it
+    was. What this cannot see is an entry before `verified.version` altered
+    together with every later one: the caller re-verifies from the start now and
+    then (`Verified()`) for that.
+    """
+    last, count = verified, 0
+    fault: Finding | None = None
+    async with contextlib.aclosing(_stream(pool, page, first=verified.version)) as chain:
+        async for item in chain:
+            count += 1
+            if isinstance(item, UnreadableEntry):
+                fault = Finding("altered", item.version, item.detail)
+                break
+            if chain_hash(item.prev_hash, item.record) != item.hash:
+                fault = Finding("altered", item.version, "its record does not match its hash")
+                break
+            if count == 1 and verified.version:
+                if item.version != verified.version or item.hash != verified.hash:
+                    fault = Finding(
+                        "altered", verified.version, "it is not the entry verified before"
+                    )
+                    break
+                continue
+            if item.version != last.version + 1:
+                fault = Finding("deleted", last.version + 1, f"missing: {last.version + 1}")
+                break
+            if item.prev_hash != last.hash:
+                fault = Finding("deleted", item.version, "its link to the entry before is broken")
+                break
+            last = Verified(item.version, item.hash)
+    if fault is None and verified.version and count == 0:
+        fault = Finding("deleted", verified.version, "the chain ends before it")
+    if fault is None:
+        return None, last
+    # Classified exactly by the full verification; ours if the chain was rewritten whole.
+    return await verify_ledger(pool, page) or fault, verified

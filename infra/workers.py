@@ -1,5 +1,6 @@
 """The background half of a Carnet process: the LISTEN waker, the projection
-runners and the NATS relay, started together and cancelled together."""
+runners, the NATS relay and the metrics sampler (with the ledger's periodic
+verification), started together and cancelled together."""
 
 import asyncio
 import contextlib
@@ -10,6 +11,7 @@ import asyncpg
 from infra.natslink import NatsLink
 from infra.projector import Projector
 from infra.relay import Relay
+from infra.sampler import SAMPLE_EVERY, VERIFY_EVERY, sampling
 from infra.stream import StreamNames
 from infra.waker import Waker
 from projections import all_projections
@@ -21,7 +23,12 @@ async def background(
     nats: NatsLink | None,
     names: StreamNames | None = None,
     projections: bool = True,
+    *,
+    database_timeout: float = 2.0,
+    sample_every: float = SAMPLE_EVERY,
+    verify_every: float | None = VERIFY_EVERY,
 ) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """`database_timeout` bounds the sampler's probes (Settings.database_timeout)."""
     waker = Waker()
     tasks: list[asyncio.Task[None]] = []
     if projections:
@@ -33,7 +40,14 @@ async def background(
         tasks.append(asyncio.create_task(_relay(pool, nats, names, waker.event())))
     tasks.append(asyncio.create_task(waker.listen(pool)))
     try:
-        yield tasks
+        async with sampling(
+            pool,
+            nats,
+            interval=sample_every,
+            database_timeout=database_timeout,
+            verify_every=verify_every,
+        ):
+            yield tasks
     finally:
         for task in tasks:
             task.cancel()

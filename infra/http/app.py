@@ -1,7 +1,6 @@
 """The aiohttp application factory. Built on demand, never at import time."""
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infra.http.deadline import deadline
 from infra.http.keys import SERVICES, Services
@@ -11,6 +10,8 @@ from infra.http.routes import add_routes
 from infra.http.throttle import THROTTLE, Throttle, ThrottlePolicy, throttle
 from infra.http.unmatched import unmatched
 from infra.http.wire import MAX_BODY, reply
+from infra.metrics import zero_http_routes
+from infra.metrics_server import metrics_handler
 
 
 def create_app(
@@ -42,11 +43,11 @@ def create_app(
     async def openapi(request: web.Request) -> web.Response:
         return reply(document)
 
-    async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest())
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
     app.router.add_get("/openapi.json", openapi)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler)
+    zero_http_routes(
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "*"
+    )
     return app

@@ -59,7 +59,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     route = request.match_info.route.resource
-    template = route.canonical if route is not None else "unmatched"
+    template = route.canonical if route is not None else await _unmatched_template(request)
     status = 500
     try:
         response = await handler(request)
@@ -72,6 +72,16 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
     response.headers["X-Request-Id"] = request_id
     return response
+
+
+async def _unmatched_template(request: web.Request) -> str:
+    """A 405's route is the one whose path matched; anything else is `unmatched`."""
+    if isinstance(request.match_info.http_exception, web.HTTPMethodNotAllowed):
+        for resource in request.app.router.resources():
+            found, allowed = await resource.resolve(request)
+            if found is None and allowed:
+                return resource.canonical
+    return "unmatched"
 
 
 @web.middleware

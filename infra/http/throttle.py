@@ -31,7 +31,7 @@ from aiohttp import web
 from domain.errors import Forbidden, NotFound
 from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
 from infra.http.wire import HTTPProblem
-from infra.metrics import ENUMERATION_SUSPECTED, THROTTLED
+from infra.metrics import ENUMERATION_SUSPECTED, THROTTLED, TOKEN_SUSPENSIONS
 from services.actors import ActorKind
 from services.ports import Metadata
 
@@ -148,6 +148,9 @@ async def _count_miss(request: web.Request, limiter: Throttle, token_id: UUID) -
     await request.app[SERVICES].credentials.report_enumeration(
         meta, token_id, misses, policy.enumeration_window, suspend
     )
+    if suspend:
+        TOKEN_SUSPENSIONS.inc()
+    THROTTLED.labels("enumeration").inc()
     raise too_many(
         policy.enumeration_window,
         f"too many look-ups of objects you cannot see ({actor.kind.value} token "

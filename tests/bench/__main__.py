@@ -28,6 +28,7 @@ from tests.bench.common import (
 )
 from tests.bench.http_bookings import bench_http
 from tests.bench.lag import bench_lag
+from tests.bench.metrics_overhead import bench_metrics
 from tests.bench.peer import bench_peer
 from tests.bench.rebuild import bench_rebuild
 from tests.bench.relay import bench_relay
@@ -47,6 +48,7 @@ BENCHMARKS = (
     "replay-rss",
     "access-index",
     "scope",
+    "metrics",
 )
 
 
@@ -134,6 +136,8 @@ async def run(server: str, cfg: Config, which: list[str]) -> list[Result]:
         results += await bench_access_index(server, cfg)
     if "scope" in which:
         results += await bench_scope(server, cfg)
+    if "metrics" in which:
+        results += await bench_metrics(server, cfg)
     return results
 
 

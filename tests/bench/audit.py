@@ -8,7 +8,7 @@ leave only once their access entry is group-committed, and one built with
 `Ledger(EventStore(pool), disabled=True)`, which records nothing. Rounds alternate
 between them, order reversed every round. Besides reads/s and latency, the audited
 server's group commits during the rounds: its exact batches (ledger rows grouped by the
-transaction that wrote them) and its `carnet_ledger_batch_size` histogram from /metrics.
+transaction that wrote them) and its `carnet_ledger_batch_entries` histogram from /metrics.
 
 [8] Ledger entries/s. `Ledger.record` driven directly by N concurrent callers (N in
 `ledger_callers`) for a fixed time each, on a fresh database: entries/s, the number of
@@ -159,7 +159,7 @@ async def scrape(session: aiohttp.ClientSession) -> dict[str, float]:
 
 def bucket_text(before: dict[str, float], after: dict[str, float]) -> str:
     """The batch-size histogram's growth between two scrapes, as percentile bucket bounds."""
-    name = "carnet_ledger_batch_size"
+    name = "carnet_ledger_batch_entries"
     count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
     if count <= 0:
         return "no batches in /metrics"
@@ -177,7 +177,7 @@ def bucket_text(before: dict[str, float], after: dict[str, float]) -> str:
                 return f"<= {le:g}" if le != float("inf") else "> 512"
         return "?"
 
-    write = "carnet_ledger_write_seconds"
+    write = "carnet_ledger_write_duration_seconds"
     writes = after.get(f"{write}_count", 0.0) - before.get(f"{write}_count", 0.0)
     write_sum = after.get(f"{write}_sum", 0.0) - before.get(f"{write}_sum", 0.0)
     mean_write = ms(write_sum / writes) if writes else "-"

@@ -57,7 +57,7 @@ async def rows_per_insert(pool: asyncpg.Pool) -> list[int]:
 
 
 async def test_concurrent_accesses_share_a_few_inserts_and_form_one_gap_free_chain(pool, ledger):
-    batches_before = sample("carnet_ledger_batch_size_count")
+    batches_before = sample("carnet_ledger_batch_entries_count")
 
     numbers = await asyncio.gather(*(ledger.record(access(n)) for n in range(200)))
 
@@ -70,7 +70,7 @@ async def test_concurrent_accesses_share_a_few_inserts_and_form_one_gap_free_cha
     assert await verify_ledger(pool) is None
     inserts = await rows_per_insert(pool)
     assert sum(inserts) == 200 and len(inserts) < 50, inserts
-    assert sample("carnet_ledger_batch_size_count") - batches_before == len(inserts)
+    assert sample("carnet_ledger_batch_entries_count") - batches_before == len(inserts)
 
 
 async def test_a_batch_never_exceeds_max_batch(pool):
