@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test fuzz lint fmt bench clean
+.PHONY: install run test fuzz lint fmt bench clean promtool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,31 @@ install: $(STAMP)
 run: install
 	$(BIN)/carnet run
 
-test: install
+# promtool and prometheus (Debian's `prometheus` package) run the alert rules'
+# unit tests and the real-Prometheus test in tests/ops. When either is missing,
+# install it if apt-get can (as root); otherwise warn loudly: those tests then
+# skip, saying what to install. Nothing happens when both are present.
+PROMETHEUS_TOOLS := promtool prometheus
+promtool:
+	@missing=""; still=""; for t in $(PROMETHEUS_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "make: $$missing missing: apt-get install -y --no-install-recommends prometheus"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y --no-install-recommends prometheus >/dev/null \
+			|| { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; } \
+			|| echo "make: apt-get could not install prometheus"; \
+	fi; \
+	for t in $(PROMETHEUS_TOOLS); do command -v $$t >/dev/null 2>&1 || still="$$still $$t"; done; \
+	if [ -n "$$still" ]; then \
+		echo "*******************************************************************************"; \
+		echo "WARNING:$$still not found, and could not be installed (that needs root and apt-get)."; \
+		echo "The alert-rule and Prometheus tests (tests/ops) will be SKIPPED."; \
+		echo "Install Debian's package: sudo apt-get install --no-install-recommends prometheus"; \
+		echo "*******************************************************************************"; \
+	fi
+
+test: install promtool
 	$(BIN)/pytest
 
 fuzz: install
