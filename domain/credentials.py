@@ -24,6 +24,7 @@ class Token(Aggregate):
         establishment_id: UUID | None,
         display_name: str,
         expires_at: datetime | None,
+        replaces: UUID | None = None,
     ) -> None:
         self.token_hash = token_hash
         self.actor_kind = actor_kind
@@ -33,6 +34,8 @@ class Token(Aggregate):
         self.expires_at = expires_at
         self.state = "active"
         self.reason = ""
+        # Rotation: the token this one was issued to replace (revoked "rotated").
+        self.replaces = replaces
 
     def usable(self, now: datetime) -> bool:
         return self.state == "active" and (self.expires_at is None or now < self.expires_at)

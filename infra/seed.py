@@ -62,8 +62,19 @@ PATIENTS = [
 ]
 
 
+# What the demo practice software may do on the first practitioner's agenda:
+# read it and book, but not see who the patients are.
+DEMO_SCOPES = ("agenda:read", "appointments:write")
+
+
 async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
-    """Create the demo world unless demo_file says it exists in this database."""
+    """Create the demo world unless demo_file says it exists in this database.
+
+    The file holds every id a walk-through needs: the establishment, the
+    practitioners with their motive ids, the patients, the integration and
+    its grant, and per actor kind a token's secret (`tokens`, as before) and
+    id (`token_ids`). A file written before those ids existed is completed.
+    """
     directory = services.directory
     root = Actor(ActorKind.ADMIN, UUID(int=0))
     meta = Metadata(actor_kind="admin", actor_id="seed", request_id="seed")
@@ -71,6 +82,8 @@ async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
     if world is not None:
         existing = await services.booking.repo.get(Establishment, UUID(world["establishment"]))
         if existing is not None:
+            if await _complete(services, world, root, meta):
+                _save(demo_file, world)
             return world
         log.info("demo file %s names another database; seeding anew", demo_file)
     saved = await directory.register_establishment(
@@ -78,6 +91,7 @@ async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
     )
     hours = tuple(OpeningHours(day, start, end) for day in WEEKDAYS for start, end in DAY_HOURS)
     practitioners = []
+    motives: dict[str, list[str]] = {}
     for p in PRACTITIONERS:
         made = await directory.register_practitioner(
             root,
@@ -90,6 +104,7 @@ async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
             hours=hours,
         )
         practitioners.append(str(made.id))
+        motives[str(made.id)] = [m.id for m in p["motives"]]
     # The demo patients were registered at the desk, so the demo practitioner,
     # desk and software may book for them (a practice books only patients it knows).
     desk = Actor(ActorKind.STAFF, uuid4(), establishment_id=saved.id)
@@ -108,6 +123,7 @@ async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
         patients.append(str(made.id))
     admin = await services.credentials.issue_token(root, meta, ActorKind.ADMIN, label="demo admin")
     tokens = {"admin": admin.secret}
+    token_ids = {"admin": str(admin.actor.token_id)}
     establishment = saved.id
     issue: list[tuple[ActorKind, UUID | None, UUID | None, str]] = [
         (ActorKind.PATIENT, UUID(patients[0]), None, "demo patient"),
@@ -117,20 +133,70 @@ async def seed(services: Services, demo_file: Path) -> dict[str, Any]:
         (ActorKind.ANALYST, None, None, "demo analyst"),
         (ActorKind.OPERATOR, None, None, "demo operator"),
     ]
+    integration_id = ""
     for kind, actor_id, place, label in issue:
         issued = await services.credentials.issue_token(
             root, meta, kind, actor_id, place, label=label
         )
         tokens[kind.value] = issued.secret
+        token_ids[kind.value] = str(issued.actor.token_id)
+        if kind is ActorKind.INTEGRATION:
+            integration_id = str(issued.actor.id)
     world = {
         "establishment": str(saved.id),
         "practitioners": practitioners,
         "patients": patients,
+        "motives": motives,
+        "integration_id": integration_id,
+        # Secrets per actor kind, as `Authorization: Bearer …` takes them.
         "tokens": tokens,
+        # The same tokens' ids, as the admin routes and `carnet tokens` take them.
+        "token_ids": token_ids,
+        "grants": [],
         "seed_id": str(uuid4()),
     }
+    await _complete(services, world, root, meta)
     _save(demo_file, world)
     return world
+
+
+async def _complete(services: Services, world: dict[str, Any], root: Actor, meta: Metadata) -> bool:
+    """Add what an older demo file lacks (ids, the integration's grant); True if changed."""
+    changed = False
+    credentials = services.credentials
+    if "token_ids" not in world:
+        ids: dict[str, str] = {}
+        for kind, secret in world.get("tokens", {}).items():
+            holder = await credentials.holder(secret)
+            if holder is not None:
+                ids[kind] = str(holder.token_id)
+        world["token_ids"] = ids
+        changed = True
+    if not world.get("integration_id") and "integration" in world.get("tokens", {}):
+        holder = await credentials.holder(world["tokens"]["integration"])
+        if holder is not None:
+            world["integration_id"] = str(holder.id)
+            changed = True
+    if "motives" not in world:
+        world["motives"] = {
+            pid: [m.id for m in p["motives"]]
+            for pid, p in zip(world["practitioners"], PRACTITIONERS, strict=False)
+        }
+        changed = True
+    if not world.get("grants") and world.get("integration_id") and world["practitioners"]:
+        practitioner_id, integration_id = world["practitioners"][0], world["integration_id"]
+        given = await credentials.grant(
+            root, meta, UUID(practitioner_id), UUID(integration_id), DEMO_SCOPES
+        )
+        world["grants"] = [
+            {
+                "practitioner_id": practitioner_id,
+                "integration_id": integration_id,
+                "scopes": list(given.scopes),
+            }
+        ]
+        changed = True
+    return changed
 
 
 def _load(path: Path) -> dict[str, Any] | None:

@@ -8,13 +8,23 @@ from uuid import UUID, uuid4
 
 from domain.credentials import Grant, Token
 from domain.directory import Establishment, Patient, Practitioner
-from domain.errors import Forbidden, InvalidValue, NotFound
+from domain.errors import Forbidden, InvalidTransition, InvalidValue, NotFound
 from services.actors import Actor, ActorKind
 from services.common import get_or_404, require, retrying
 from services.policy import Action, Kind, Resource, allowed
-from services.ports import Clock, Metadata, Repository, TokenStore
+from services.ports import (
+    Clock,
+    GrantQuery,
+    GrantRow,
+    Metadata,
+    Repository,
+    TokenQuery,
+    TokenRow,
+    TokenStore,
+)
 
 TOKEN_PREFIX = "carnet_"
+ROTATED = "rotated"  # the reason a rotated token is revoked with
 
 
 def hash_token(secret: str) -> bytes:
@@ -25,6 +35,8 @@ def hash_token(secret: str) -> bytes:
 class IssuedToken:
     secret: str
     actor: Actor
+    position: int = 0  # of the last event its issuing appended
+    replaces: UUID | None = None  # a rotation: the token it replaced, now revoked
 
 
 class CredentialService:
@@ -81,17 +93,57 @@ class CredentialService:
             display_name=display_name or kind.value,
             expires_at=expires_at,
         )
-        await self.tokens.save(token, meta)
-        return IssuedToken(
-            secret,
-            _actor(
-                token.id,
-                token.actor_kind,
-                token.actor_id,
-                token.establishment_id,
-                token.display_name,
-            ),
-        )
+        position = await self.tokens.save(token, meta)
+        return _issued(secret, token, position)
+
+    async def list_tokens(self, actor: Actor, query: TokenQuery) -> list[TokenRow]:
+        """Every token, filtered: what an admin needs to find one (never a secret)."""
+        if not allowed(actor, Action.READ, Resource(Kind.TOKEN)):
+            raise Forbidden("only an admin lists tokens")
+        if not 1 <= query.limit <= 1000:
+            raise InvalidValue("1 to 1000", field="limit")
+        return await self.tokens.tokens(query)
+
+    async def rotate_token(
+        self, actor: Actor, meta: Metadata, token_id: UUID, valid_days: int | None = None
+    ) -> IssuedToken:
+        """A new secret for the same actor, and the old one revoked, in one transaction.
+
+        A suspended token may be rotated (its secret may be what leaked); a
+        revoked one may not. The new token keeps the old one's validity period
+        unless `valid_days` is given.
+        """
+        if not allowed(actor, Action.MANAGE, Resource(Kind.TOKEN, token_id=token_id)):
+            raise Forbidden("only an admin rotates tokens")
+        if valid_days is not None and not 1 <= valid_days <= 3650:
+            raise InvalidValue("1 to 3650 days", field="valid_days")
+
+        async def attempt() -> IssuedToken:
+            old = await self._token(token_id)
+            if old.state == "revoked":
+                raise InvalidTransition("a revoked token cannot be rotated", field="token_id")
+            now = self.clock.now()
+            if valid_days is not None:
+                expires_at = now + timedelta(days=valid_days)
+            elif old.expires_at is not None:
+                expires_at = now + max(old.expires_at - old.created_on, timedelta(days=1))
+            else:
+                expires_at = None
+            secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            new = Token(
+                token_hash=hash_token(secret).hex(),
+                actor_kind=old.actor_kind,
+                actor_id=old.actor_id,
+                establishment_id=old.establishment_id,
+                display_name=old.display_name,
+                expires_at=expires_at,
+                replaces=old.id,
+            )
+            old.revoke(ROTATED)
+            position = await self.tokens.save_all([old, new], meta)
+            return _issued(secret, new, position, replaces=old.id)
+
+        return await retrying(attempt)
 
     async def holder(self, secret: str) -> Actor | None:
         """Whom a token names, usable or not: refusals are recorded against it."""
@@ -198,7 +250,7 @@ class CredentialService:
             else:
                 grant.change(scopes)
             if grant.pending_events:
-                await self.repo.save([grant], meta)
+                await self.tokens.save_grant(grant, meta)
             return grant
 
         return await retrying(attempt)
@@ -213,10 +265,35 @@ class CredentialService:
                 raise NotFound("no such grant", field="integration_id")
             grant.revoke()
             if grant.pending_events:
-                await self.repo.save([grant], meta)
+                await self.tokens.save_grant(grant, meta)
             return grant
 
         return await retrying(attempt)
+
+    async def list_grants(
+        self,
+        actor: Actor,
+        practitioner_id: UUID | None = None,
+        integration_id: UUID | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[GrantRow]:
+        """Grants in force. An admin lists any; whoever may grant on a practitioner's
+        agenda (the practitioner, their establishment's staff) lists that agenda's."""
+        if not 1 <= limit <= 1000:
+            raise InvalidValue("1 to 1000", field="limit")
+        if practitioner_id is not None:
+            await self._grantor(actor, practitioner_id)
+        elif actor.kind is not ActorKind.ADMIN:
+            raise Forbidden("only an admin lists every grant")
+        return await self.tokens.grants(
+            GrantQuery(
+                practitioner_ids=frozenset({practitioner_id} if practitioner_id else ()),
+                integration_ids=frozenset({integration_id} if integration_id else ()),
+                after=after,
+                limit=limit,
+            )
+        )
 
 
 async def scopes_of(repo: Repository, actor: Actor, practitioner_id: UUID | None) -> frozenset[str]:
@@ -225,6 +302,17 @@ async def scopes_of(repo: Repository, actor: Actor, practitioner_id: UUID | None
         return frozenset()
     grant = await repo.get(Grant, Grant.create_id(practitioner_id, actor.id))
     return frozenset(grant.scopes) if grant else frozenset()
+
+
+def _issued(secret: str, token: Token, position: int, replaces: UUID | None = None) -> IssuedToken:
+    return IssuedToken(
+        secret,
+        _actor(
+            token.id, token.actor_kind, token.actor_id, token.establishment_id, token.display_name
+        ),
+        position,
+        replaces,
+    )
 
 
 def _actor(

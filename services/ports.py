@@ -8,7 +8,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.credentials import Token
+from domain.credentials import Grant, Token
 from domain.ledger import AccessRecord, Disclosure
 from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
 
@@ -98,12 +98,77 @@ class TokenView:
     expires_at: datetime | None
 
 
+@dataclass(frozen=True)
+class TokenRow:
+    """A token as an admin lists it: never its secret nor its hash."""
+
+    token_id: UUID
+    actor_kind: str
+    actor_id: UUID
+    establishment_id: UUID | None
+    display_name: str
+    state: str
+    expires_at: datetime | None
+    created: datetime
+    position: int  # of its Issued event: the listing's order and cursor
+    reason: str = ""  # why it was revoked or suspended ("" while active)
+    # Its last request recorded in the access ledger (from the access index, a
+    # read model: it lags by milliseconds, and routes that touch no personal
+    # data and no credential are not recorded).
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TokenQuery:
+    """Which tokens to list: each set empty means any; after `after` (a cursor)."""
+
+    actor_ids: frozenset[UUID] = frozenset()
+    actor_kinds: frozenset[str] = frozenset()
+    states: frozenset[str] = frozenset()
+    establishment_ids: frozenset[UUID] = frozenset()
+    after: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    """A grant in force (scopes never empty)."""
+
+    grant_id: UUID
+    practitioner_id: UUID
+    integration_id: UUID
+    scopes: tuple[str, ...]
+    position: int  # of its Given event: the listing's order and cursor
+
+
+@dataclass(frozen=True)
+class GrantQuery:
+    practitioner_ids: frozenset[UUID] = frozenset()
+    integration_ids: frozenset[UUID] = frozenset()
+    after: int = 0
+    limit: int = 100
+
+
 class TokenStore(Protocol):
+    """Tokens and integration grants: their events, and the indexes kept with them."""
+
     async def save(self, token: Token, meta: Metadata) -> int:
         """Append the token's pending events and update the token index, atomically."""
 
+    async def save_all(self, tokens: Sequence[Token], meta: Metadata) -> int:
+        """Several tokens' events and index rows in one transaction (a rotation)."""
+
     async def find(self, token_hash: bytes) -> TokenView | None:
         """The token with this hash, whatever its state."""
+
+    async def tokens(self, query: TokenQuery) -> list[TokenRow]:
+        """Tokens matching the query, in the order they were issued."""
+
+    async def save_grant(self, grant: Grant, meta: Metadata) -> int:
+        """Append the grant's pending events and update the grant index, atomically."""
+
+    async def grants(self, query: GrantQuery) -> list[GrantRow]:
+        """Grants in force matching the query, in the order they were first given."""
 
 
 # -- read models ------------------------------------------------------------

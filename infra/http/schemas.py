@@ -134,6 +134,38 @@ class RevokeToken(Strict):
     reason: Reason = ""
 
 
+class RotateToken(Strict):
+    # Days the new token is valid; by default the old one's validity period (or none).
+    valid_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
+
+
+TokenStateIn = Literal["active", "revoked", "suspended"]
+Cursor = Annotated[int, msgspec.Meta(ge=0, description="the `next` of the previous page")]
+PageSize = Annotated[int, msgspec.Meta(ge=1, le=500)]
+
+
+class TokensQuery(Strict):
+    actor_id: UUID | None = None
+    actor_kind: ActorKindIn | None = None
+    state: TokenStateIn | None = None
+    establishment_id: UUID | None = None
+    after: Cursor = 0
+    limit: PageSize = 100
+
+
+class GrantsQuery(Strict):
+    practitioner_id: UUID | None = None
+    integration_id: UUID | None = None
+    after: Cursor = 0
+    limit: PageSize = 100
+
+
+class PractitionerGrantsQuery(Strict):
+    integration_id: UUID | None = None
+    after: Cursor = 0
+    limit: PageSize = 100
+
+
 ScopeIn = Literal["agenda:read", "appointments:write", "patients:contact:read"]
 
 
@@ -321,11 +353,35 @@ class PatientAppointmentsOut(Out):
 
 
 class TokenOut(Out):
-    token: str
+    token: str  # the secret: shown this once, never stored (only its hash is)
     token_id: UUID
     actor_kind: str
     actor_id: UUID
     establishment_id: UUID | None = None
+    replaces: UUID | None = None  # a rotation: the token it replaced, now revoked
+
+
+class TokenInfoOut(Out):
+    """A token as an admin sees it: never its secret nor its hash."""
+
+    token_id: UUID
+    display_name: str  # its label, or the practitioner's or establishment's name
+    actor_kind: str
+    actor_id: UUID
+    establishment_id: UUID | None
+    state: Literal["active", "revoked", "suspended"]
+    reason: str  # why it was revoked or suspended; empty while active
+    expires_at: datetime | None
+    created: datetime
+    # Its last request recorded in the access ledger, from the access index (a
+    # read model, milliseconds behind); null if it has none.
+    last_used_at: datetime | None
+
+
+class TokenListOut(Out):
+    tokens: list[TokenInfoOut]
+    # The `after` of the next page; null on the last one.
+    next: int | None = None
 
 
 class Health(Out):
@@ -361,6 +417,12 @@ class GrantOut(Out):
     practitioner_id: UUID
     integration_id: UUID
     scopes: list[str]
+
+
+class GrantListOut(Out):
+    grants: list[GrantOut]
+    # The `after` of the next page; null on the last one.
+    next: int | None = None
 
 
 class AccessLogEntryOut(Out):

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from infra.http.keys import Services
 from infra.http.routes import ROUTES
+from services.actors import ActorKind
 from tests.conftest import FakeClock
 from tests.e2e.ledger_support import (
     OUTCOME_OF_STATUS,
@@ -74,6 +75,12 @@ _CHANGE = cells(
 _MARK = {**_CHANGE, "patient": (403, 404, 404)}  # the practice's call, not the patient's
 _PATIENT = cells(NOTHING, admin=(200, 200, 404), patient=(200, 404, 404))
 _FORBIDDEN = (403,)
+_GRANTOR = cells(
+    NOTHING,
+    admin=(200, 200, 404),
+    practitioner=(200, 404, 404),
+    staff=(200, 404, 404),
+)
 
 MATRIX: dict[tuple[str, str], Cells] = {
     ("GET", "/appointments/{appointment_id}"): _READ_APPOINTMENT,
@@ -108,7 +115,27 @@ MATRIX: dict[tuple[str, str], Cells] = {
     ("GET", "/me/access-log"): cells(_FORBIDDEN, patient=(200,)),
     ("GET", "/ledger"): cells(_FORBIDDEN, admin=(200,), analyst=(200,)),
     ("POST", "/analyst/scopes"): cells(_FORBIDDEN, admin=(200,), analyst=(200,)),
+    # Tokens: "own" is the caller's own token, "foreign" another patient's.
+    # Anyone revokes their own token; the rest is an admin's (403 for others).
+    ("POST", "/admin/tokens"): cells(_FORBIDDEN, admin=(201,)),
+    ("GET", "/admin/tokens"): cells(_FORBIDDEN, admin=(200,)),
+    ("POST", "/tokens/{token_id}/revoke"): cells((200, 404, 404), admin=(200, 200, 404)),
+    # Own and foreign are suspended tokens here: only a suspended one can be lifted.
+    ("POST", "/admin/tokens/{token_id}/lift-suspension"): cells(
+        (403, 403, 403), admin=(200, 200, 404)
+    ),
+    ("POST", "/admin/tokens/{token_id}/rotate"): cells((403, 403, 403), admin=(201, 201, 404)),
+    # Grants on Dr One's agenda (own) and Dr Two's (foreign): the practitioner,
+    # their desk and an admin; to anyone else the agenda does not exist.
+    ("PUT", "/practitioners/{practitioner_id}/grants/{integration_id}"): _GRANTOR,
+    ("DELETE", "/practitioners/{practitioner_id}/grants/{integration_id}"): _GRANTOR,
+    ("GET", "/practitioners/{practitioner_id}/grants"): _GRANTOR,
+    ("GET", "/admin/grants"): cells(_FORBIDDEN, admin=(200,)),
 }
+# Calls that change the caller's own token go last: afterwards it may no longer work.
+OWN_TOKEN_LAST = frozenset(
+    {("POST", "/tokens/{token_id}/revoke"), ("POST", "/admin/tokens/{token_id}/rotate")}
+)
 
 
 class Board:
@@ -157,21 +184,63 @@ class Board:
             "missing": str(uuid.uuid4()),
         }[obj]
 
+    async def token(self, obj: str, actor: str, suspended: bool = False) -> str:
+        """The caller's own token, a fresh one of another patient's, or none."""
+        if obj == "missing":
+            return str(uuid.uuid4())
+        if obj == "own" and not suspended:
+            return str(self.world.actors[actor].token_id)
+        issued = await self.services.credentials.issue_token(
+            ROOT, META, ActorKind.PATIENT, self.world.other_patient, label="matrix"
+        )
+        assert issued.actor.token_id is not None
+        if suspended:
+            await self.services.credentials.suspend_token(META, issued.actor.token_id, "matrix")
+        return str(issued.actor.token_id)
+
+    async def grant(self, practitioner: str) -> None:
+        """A grant to the ungranted integration, so that there is one to withdraw."""
+        if practitioner in (str(self.world.practitioner), str(self.world.other_practitioner)):
+            await self.services.credentials.grant(
+                ROOT,
+                META,
+                uuid.UUID(practitioner),
+                self.world.actors["integration"].id,
+                ("agenda:read",),
+            )
+
     def slot(self, practitioner: str) -> str:
         known = {str(k): v for k, v in self.free.items()}
         return next(known.get(practitioner, self.free[self.world.practitioner]))
 
 
 async def request_for(
-    board: Board, route: tuple[str, str], obj: str
+    board: Board, route: tuple[str, str], obj: str, actor: str = "admin"
 ) -> tuple[str, dict[str, Any], str | None]:
     """(path, request kwargs, the id the path asks for) for one cell."""
     _, template = route
+    kwargs: dict[str, Any] = {}
+    if "{token_id}" in template:
+        target = await board.token(obj, actor, suspended=template.endswith("/lift-suspension"))
+        if template.endswith("/revoke"):
+            kwargs["json"] = {"reason": "matrix"}
+        return template.replace("{token_id}", target), kwargs, target
+    if "/grants" in template and template.startswith("/practitioners/"):
+        target = board.practitioner(obj)
+        software = str(board.world.actors["integration"].id)
+        await board.grant(target)
+        path = template.replace("{practitioner_id}", target)
+        path = path.replace("{integration_id}", software)
+        if route[0] == "PUT":
+            kwargs["json"] = {"scopes": ["agenda:read"]}
+        # Write routes name two ids (practitioner and integration): asked for is both.
+        return path, kwargs, target if route[0] == "GET" else None
+    if route == ("POST", "/admin/tokens"):
+        return template, {"json": {"actor_kind": "analyst", "label": "matrix"}}, None
     if template.startswith("/appointments/{"):
         suffix = template.removeprefix("/appointments/{appointment_id}")
         day = "wednesday" if suffix in ("/noshow", "/fulfilled") else "later"
         target = await board.appointment(obj, day)
-        kwargs: dict[str, Any] = {}
         if suffix == "/cancel":
             kwargs["json"] = {"reason": "matrix"}
         elif suffix == "/reschedule":
@@ -236,7 +305,9 @@ async def test_each_actor_gets_the_expected_status_and_the_ledger_the_expected_o
     planned = []
     for actor in ACTORS:
         for obj in objects:
-            planned.append((actor, obj, *(await request_for(board, route, obj))))
+            planned.append((actor, obj, *(await request_for(board, route, obj, actor))))
+    if route in OWN_TOKEN_LAST:
+        planned.sort(key=lambda cell: cell[1] == "own")
     if route[1].endswith(("/noshow", "/fulfilled")):
         clock.advance(days=2)  # Thursday 08:00: every Wednesday appointment has started
 

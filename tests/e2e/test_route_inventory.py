@@ -11,6 +11,7 @@ import msgspec.inspect as mi
 import pytest
 from aiohttp.test_utils import TestClient
 
+from domain.credentials import Grant
 from domain.ledger import Entry
 from infra.http import schemas as s
 from infra.http.app import create_app
@@ -383,6 +384,109 @@ async def _scope(sc: Scene) -> Expect:
     alice = str(sc.world.patient)
     # The scope hands over the appointment's values and Alice's contact details.
     return Expect("analyst", "scope", "export", {made, alice}, {alice})
+
+
+# -- tokens and grants: no patient data, still recorded -----------------------
+
+
+@example("POST", "/admin/tokens")
+async def _issue_token(sc: Scene) -> Expect:
+    body = await sc.call(
+        "POST", "/admin/tokens", "admin", 201, json={"actor_kind": "analyst", "label": "audit"}
+    )
+    assert body["token"] not in str(sc.entries)
+    return Expect("admin", "token", "create", {body["token_id"]}, set(), 201)
+
+
+@example("GET", "/admin/tokens")
+async def _list_tokens(sc: Scene) -> Expect:
+    body = await sc.call("GET", "/admin/tokens", "admin", 200, params={"actor_kind": "staff"})
+    shown = {t["token_id"] for t in body["tokens"]}
+    assert shown == {str(sc.world.actors[w].token_id) for w in ("staff", "other_staff")}
+    return Expect("admin", "token", "search", shown, set())
+
+
+@example("POST", "/tokens/{token_id}/revoke")
+async def _revoke_token(sc: Scene) -> Expect:
+    mine = str(sc.world.actors["analyst"].token_id)
+    await sc.call("POST", f"/tokens/{mine}/revoke", "analyst", 200, json={"reason": "done"})
+    return Expect("analyst", "token", "change", {mine}, set())
+
+
+@example("POST", "/admin/tokens/{token_id}/lift-suspension")
+async def _lift(sc: Scene) -> Expect:
+    patient = sc.world.actors["patient"]
+    assert patient.token_id is not None
+    await sc.services.credentials.suspend_token(META, patient.token_id, "enumeration suspected")
+    await sc.call("POST", f"/admin/tokens/{patient.token_id}/lift-suspension", "admin", 200)
+    return Expect("admin", "token", "change", {str(patient.token_id)}, set())
+
+
+@example("POST", "/admin/tokens/{token_id}/rotate")
+async def _rotate(sc: Scene) -> Expect:
+    old = str(sc.world.actors["analyst"].token_id)
+    body = await sc.call("POST", f"/admin/tokens/{old}/rotate", "admin", 201)
+    return Expect("admin", "token", "change", {old, body["token_id"]}, set(), 201)
+
+
+def _grant_id(sc: Scene, practitioner: Any = None) -> str:
+    software = sc.world.actors["integration"].id
+    return str(Grant.create_id(practitioner or sc.world.practitioner, software))
+
+
+async def _give(sc: Scene, practitioner: Any = None) -> None:
+    await sc.services.credentials.grant(
+        ROOT,
+        META,
+        practitioner or sc.world.practitioner,
+        sc.world.actors["integration"].id,
+        ("agenda:read",),
+    )
+
+
+@example("PUT", "/practitioners/{practitioner_id}/grants/{integration_id}")
+async def _grant(sc: Scene) -> Expect:
+    software = sc.world.actors["integration"].id
+    path = f"/practitioners/{sc.world.practitioner}/grants/{software}"
+    await sc.call("PUT", path, "practitioner", 200, json={"scopes": ["agenda:read"]})
+    return Expect("practitioner", "grant", "change", {_grant_id(sc)}, set())
+
+
+@example("DELETE", "/practitioners/{practitioner_id}/grants/{integration_id}")
+async def _withdraw(sc: Scene) -> Expect:
+    await _give(sc)
+    software = sc.world.actors["integration"].id
+    body = await sc.call(
+        "DELETE", f"/practitioners/{sc.world.practitioner}/grants/{software}", "staff", 200
+    )
+    assert body["scopes"] == []
+    return Expect("staff", "grant", "delete", {_grant_id(sc)}, set())
+
+
+@example("GET", "/admin/grants")
+async def _list_grants(sc: Scene) -> Expect:
+    await _give(sc)
+    await _give(sc, sc.world.other_practitioner)
+    body = await sc.call("GET", "/admin/grants", "admin", 200)
+    assert len(body["grants"]) == 2
+    return Expect(
+        "admin",
+        "grant",
+        "search",
+        {_grant_id(sc), _grant_id(sc, sc.world.other_practitioner)},
+        set(),
+    )
+
+
+@example("GET", "/practitioners/{practitioner_id}/grants")
+async def _practitioner_grants(sc: Scene) -> Expect:
+    await _give(sc)
+    await _give(sc, sc.world.other_practitioner)
+    body = await sc.call(
+        "GET", f"/practitioners/{sc.world.practitioner}/grants", "practitioner", 200
+    )
+    assert len(body["grants"]) == 1
+    return Expect("practitioner", "grant", "search", {_grant_id(sc)}, set())
 
 
 async def test_the_examples_cover_exactly_the_audited_routes(services: Services):

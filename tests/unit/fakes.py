@@ -2,18 +2,24 @@
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.credentials import Token
+from domain.credentials import Grant, Token
 from services.ports import (
     A,
+    GrantQuery,
+    GrantRow,
     Idempotency,
     IdempotentResult,
     Metadata,
+    TokenQuery,
+    TokenRow,
     TokenView,
     VersionConflict,
 )
@@ -27,6 +33,7 @@ class FakeRepository:
         self.keys: dict[tuple[str, str], IdempotentResult] = {}
         self.position = 0
         self.saves: list[Metadata] = []
+        self.positions: dict[tuple[UUID, int], int] = {}  # (aggregate, version) -> position
 
     async def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
         await asyncio.sleep(0)  # let concurrent use cases interleave, as on a real server
@@ -53,6 +60,7 @@ class FakeRepository:
         for event in pending:
             self.events.setdefault(event.originator_id, []).append(event)
             self.position += 1
+            self.positions[event.originator_id, event.originator_version] = self.position
         if idempotency:
             self.keys[idempotency.scope, idempotency.key] = IdempotentResult(
                 idempotency.request_hash, idempotency.result, self.position
@@ -65,24 +73,78 @@ class FakeRepository:
 
 
 class FakeTokenStore:
-    """The token index in memory, saving events through a FakeRepository."""
+    """The token and grant indexes in memory, saving events through a FakeRepository."""
 
     def __init__(self, repo: FakeRepository) -> None:
         self.repo = repo
         self.views: dict[bytes, TokenView] = {}
+        self.rows: dict[UUID, TokenRow] = {}
+        self.grant_rows: dict[UUID, GrantRow] = {}
+        self.last_used: dict[UUID, datetime] = {}  # what the access index would say
 
     async def save(self, token: Token, meta: Metadata) -> int:
-        position = await self.repo.save([token], meta)
-        self.views[bytes.fromhex(token.token_hash)] = TokenView(
-            token.id,
-            token.actor_kind,
-            token.actor_id,
-            token.establishment_id,
-            token.display_name,
-            token.state,
-            token.expires_at,
-        )
+        return await self.save_all([token], meta)
+
+    async def save_all(self, tokens: Sequence[Token], meta: Metadata) -> int:
+        position = await self.repo.save(tokens, meta)
+        for token in tokens:
+            self.views[bytes.fromhex(token.token_hash)] = TokenView(
+                token.id,
+                token.actor_kind,
+                token.actor_id,
+                token.establishment_id,
+                token.display_name,
+                token.state,
+                token.expires_at,
+            )
+            first = self.rows.get(token.id)
+            self.rows[token.id] = TokenRow(
+                token_id=token.id,
+                actor_kind=token.actor_kind,
+                actor_id=token.actor_id,
+                establishment_id=token.establishment_id,
+                display_name=token.display_name,
+                state=token.state,
+                expires_at=token.expires_at,
+                created=first.created if first else token.created_on,
+                position=self.repo.positions[token.id, 1],
+                reason=token.reason,
+            )
         return position
 
     async def find(self, token_hash: bytes) -> TokenView | None:
         return self.views.get(token_hash)
+
+    async def tokens(self, query: TokenQuery) -> list[TokenRow]:
+        found = [
+            dataclasses.replace(row, last_used_at=self.last_used.get(row.token_id))
+            for row in sorted(self.rows.values(), key=lambda r: r.position)
+            if row.position > query.after
+            and (not query.actor_ids or row.actor_id in query.actor_ids)
+            and (not query.actor_kinds or row.actor_kind in query.actor_kinds)
+            and (not query.states or row.state in query.states)
+            and (not query.establishment_ids or row.establishment_id in query.establishment_ids)
+        ]
+        return found[: query.limit]
+
+    async def save_grant(self, grant: Grant, meta: Metadata) -> int:
+        position = await self.repo.save([grant], meta)
+        self.grant_rows[grant.id] = GrantRow(
+            grant.id,
+            grant.practitioner_id,
+            grant.integration_id,
+            tuple(grant.scopes),
+            self.repo.positions[grant.id, 1],
+        )
+        return position
+
+    async def grants(self, query: GrantQuery) -> list[GrantRow]:
+        found = [
+            row
+            for row in sorted(self.grant_rows.values(), key=lambda r: r.position)
+            if row.position > query.after
+            and row.scopes
+            and (not query.practitioner_ids or row.practitioner_id in query.practitioner_ids)
+            and (not query.integration_ids or row.integration_id in query.integration_ids)
+        ]
+        return found[: query.limit]
