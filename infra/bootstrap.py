@@ -12,16 +12,15 @@ from typing import Any
 import asyncpg
 import psutil  # type: ignore[import-untyped]
 
-from infra.backfill import run_once
 from infra.deadlines import bounded
 from infra.eventstore import EventStore
 from infra.http.keys import Services
 from infra.ledger import Ledger
+from infra.migrations import check_schema, migrate
 from infra.natslink import NatsLink
 from infra.projector import Projector
 from infra.readmodels import PostgresReadModels
 from infra.repository import PostgresRepository
-from infra.schema import apply_schema
 from infra.settings import Settings
 from infra.tokens import PostgresTokenStore
 from projections import all_projections
@@ -67,8 +66,9 @@ def start_servers(settings: Settings, nats_needed: bool = True) -> Servers:
     from infra import embedded
 
     servers = Servers(settings.database_url or "", settings.nats_url or "")
+    # Created by the embedded servers as they start, and by nothing else here:
+    # a command given both URLs leaves no `.carnet/` behind.
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
     try:
         if not settings.database_url:
             pg = embedded.start_postgres(data_dir / "pg")
@@ -133,7 +133,15 @@ async def release_connection(conn: asyncpg.Connection) -> None:
 STATEMENT_TIMEOUT = 30.0
 
 
-async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
+async def open_pool(
+    url: str, settings: Settings | None = None, schema: str = "migrate"
+) -> asyncpg.Pool:
+    """A pool on `url`, its schema at this Carnet's version and the read models created.
+
+    `schema`: "migrate" applies the pending steps (the demo and the tests);
+    "check" raises SchemaMismatch instead (a production start); "none" leaves
+    the schema alone and creates no read model (`carnet migrate` does both).
+    """
     settings = settings or Settings()
     pool = await asyncpg.create_pool(
         url,
@@ -145,12 +153,19 @@ async def open_pool(url: str, settings: Settings | None = None) -> asyncpg.Pool:
         command_timeout=STATEMENT_TIMEOUT,
         reset=release_connection,
     )
-    async with pool.acquire() as conn:
-        await apply_schema(conn)
-    # Read models exist from the start, so reads answer (empty) rather than fail.
-    for projection in all_projections():
-        await Projector(pool, projection).ensure()
-    await run_once(pool, PostgresRepository(EventStore(pool)))
+    try:
+        if schema == "none":
+            return pool
+        if schema == "migrate":
+            await migrate(pool)
+        else:
+            await check_schema(pool)
+        # Read models exist from the start, so reads answer (empty) rather than fail.
+        for projection in all_projections():
+            await Projector(pool, projection).ensure()
+    except BaseException:
+        await pool.close()
+        raise
     return pool
 
 

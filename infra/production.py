@@ -1,0 +1,121 @@
+"""What `carnet serve` refuses to start with: each check names its problem.
+
+`carnet run` is the demo (embedded servers, a seeded world, tokens printed);
+`carnet serve` is a real deployment, so it refuses what only a demo or a
+debugging session should have: no configured servers, the embedded demo
+servers, a database that holds the seeded demo world, and debug switches.
+"""
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import asyncpg
+
+from infra.migrations import log_ahead_of_server
+from infra.schema import SCHEMA
+from infra.settings import Settings, variable
+
+# Environment variables that switch on debugging the production path must not run with.
+DEBUG_VARIABLES = {
+    "PYTHONASYNCIODEBUG": "asyncio debug mode (slow callbacks logged, every coroutine traced)",
+    "PYTHONDEVMODE": "Python development mode",
+    "PYTHONTRACEMALLOC": "tracemalloc (every allocation traced)",
+}
+# The actor the demo seed writes as (infra/seed.py).
+SEED_ACTOR = "seed"
+
+
+def _socket_dirs(url: str) -> list[Path]:
+    """The unix-socket directories a libpq URL may connect through."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    hosts = [unquote(h) for h in parts.hostname.split(",")] if parts.hostname else []
+    hosts += [h for value in parse_qs(parts.query).get("host", []) for h in value.split(",")]
+    return [Path(h) for h in hosts if h.startswith("/")]
+
+
+def _embedded_socket_dir(data_dir: Path) -> Path | None:
+    """Where the embedded PostgreSQL of `data_dir` listens (line 5 of postmaster.pid)."""
+    try:
+        lines = (data_dir / "pg" / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return None
+    return Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else None
+
+
+def _under(path: Path, parent: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(parent.resolve())
+    except OSError:
+        return False
+
+
+def setting_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """The problems found before connecting to anything."""
+    problems = []
+    for name in ("database_url", "nats_url"):
+        if not getattr(settings, name):
+            problems.append(
+                f"{variable(name)} is not set: a production start uses configured servers "
+                "and starts no embedded one (`carnet run` is the demo)"
+            )
+    data_dir = settings.data_dir
+    if settings.database_url:
+        embedded = _embedded_socket_dir(data_dir)
+        for socket_dir in _socket_dirs(settings.database_url):
+            if _under(socket_dir, data_dir) or (embedded is not None and socket_dir == embedded):
+                problems.append(
+                    f"CARNET_DATABASE_URL points at the embedded demo PostgreSQL ({socket_dir}, "
+                    f"of {variable('data_dir')}={data_dir})"
+                )
+                break
+    if settings.nats_url:
+        port_file = data_dir / "nats.port"
+        try:
+            demo_port = int(port_file.read_text())
+        except (OSError, ValueError):
+            demo_port = None
+        try:
+            parts = urlsplit(settings.nats_url)
+            port = parts.port
+            local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        except ValueError:
+            port, local = None, False
+        if demo_port is not None and local and port == demo_port:
+            problems.append(
+                f"CARNET_NATS_URL points at the embedded demo nats-server (port {demo_port}, "
+                f"from {port_file})"
+            )
+    for name, what in DEBUG_VARIABLES.items():
+        if environ.get(name):
+            problems.append(f"{name} is set ({what}); unset it")
+    if sys.flags.dev_mode and not environ.get("PYTHONDEVMODE"):
+        problems.append("Python runs in development mode (-X dev)")
+    return problems
+
+
+async def database_problems(pool: asyncpg.Pool) -> list[str]:
+    """The problems found in the database (its schema version is checked before)."""
+    problems = []
+    seeded = await pool.fetchval(
+        # A literal, so that the partial index events_by_seed answers (infra/schema.py).
+        f"SELECT 1 FROM {SCHEMA}.events WHERE metadata ->> 'actor_id' = '{SEED_ACTOR}' LIMIT 1"
+    )
+    if seeded:
+        problems.append(
+            "the database holds the seeded demo world, with its published demo tokens: "
+            "give `carnet serve` a database of its own"
+        )
+    ahead = await log_ahead_of_server(pool)
+    if ahead:
+        problems.append(ahead)
+    return problems
+
+
+def refusal(problems: list[str]) -> str:
+    lines = "\n".join(f"  - {p}" for p in problems)
+    return f"carnet serve: refusing to start in production mode:\n{lines}"
