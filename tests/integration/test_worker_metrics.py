@@ -1,0 +1,86 @@
+"""`carnet project` and `carnet relay`, run as processes of their own, serve metrics."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _scrape_until(url: str, wanted: str, proc: asyncio.subprocess.Process) -> str:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(150):
+            assert proc.returncode is None, "the worker exited"
+            try:
+                async with http.get(url) as answer:
+                    text = await answer.text()
+                    if wanted in text:
+                        return text
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{wanted} never appeared at {url}")
+
+
+@pytest.mark.parametrize(
+    ("command", "wanted"),
+    [
+        (
+            ["project", "directory"],
+            'carnet_projection_events_applied_total{projection="directory"}',
+        ),
+        (["relay"], "carnet_relay_lag_events{stream="),
+    ],
+)
+async def test_a_separate_worker_serves_its_metrics(
+    db_url: str, servers, tmp_path: Path, world, command: list[str], wanted: str
+) -> None:
+    port = _free_port()
+    stream = f"WM_{uuid.uuid4().hex[:8].upper()}"
+    env = {
+        **os.environ,
+        "CARNET_DATABASE_URL": db_url,
+        "CARNET_NATS_URL": servers.nats_url,
+        "CARNET_STREAM": stream,
+        "CARNET_METRICS_PORT": str(port),
+        "CARNET_DATA_DIR": str(tmp_path / ".carnet"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra.cli",
+        *command,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        text = await _scrape_until(f"http://127.0.0.1:{port}/metrics", wanted, proc)
+        assert "carnet_database_up 1.0" in text
+        assert "carnet_log_head_position" in text
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+        if command == ["relay"]:
+            import nats
+
+            nc = await nats.connect(servers.nats_url)
+            try:
+                await nc.jetstream().delete_stream(stream)
+            except Exception:
+                pass
+            finally:
+                await nc.close()
+    assert not os.listdir(tmp_path), "the worker wrote into its working directory"
