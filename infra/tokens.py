@@ -9,7 +9,7 @@ which also fills it from the log once (grants given before it existed).
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -101,6 +101,18 @@ async def ensure_grant_index(conn: asyncpg.Connection | asyncpg.pool.PoolConnect
         return True
 
 
+# Pages follow the log's own order, (tx, position): positions are taken in one
+# order and committed in another (DESIGN decision 2), so a cursor on position
+# alone would step past a token whose transaction was still open, never to
+# list it. A cursor is the position of the last row listed; it stands for
+# that event's (tx, position) (for a position no event holds, the last one
+# below it). `horizon` says whether a row's transaction is below every one
+# still running: only then can nothing commit before it (`_settled`).
+_AFTER = f"""(
+    coalesce((SELECT c.tx FROM {SCHEMA}.events c WHERE c.position <= $1
+        ORDER BY c.position DESC LIMIT 1), '0'::xid8),
+    $1::bigint)"""
+_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"
 _TOKENS = f"""
 SELECT t.token_id, t.actor_kind, t.actor_id, t.establishment_id, t.display_name, t.state,
     t.expires_at, i.recorded_at, i.position,
@@ -108,25 +120,49 @@ SELECT t.token_id, t.actor_kind, t.actor_id, t.establishment_id, t.display_name,
         SELECT convert_from(r.state, 'UTF8')::jsonb ->> 'reason' FROM {SCHEMA}.events r
         WHERE r.originator_id = t.token_id AND r.topic = ANY($7::text[])
         ORDER BY r.originator_version DESC LIMIT 1), '') ELSE '' END,
-    (SELECT max(x.at) FROM {ENTRIES} x WHERE x.token_id = t.token_id::text)
+    (SELECT max(x.at) FROM {ENTRIES} x WHERE x.token_id = t.token_id::text),
+    i.tx < {_HORIZON}
 FROM {SCHEMA}.tokens t
 JOIN {SCHEMA}.events i ON i.originator_id = t.token_id AND i.originator_version = 1
-WHERE i.position > $1
+WHERE (i.tx, i.position) > {_AFTER}
     AND (cardinality($2::uuid[]) = 0 OR t.actor_id = ANY($2::uuid[]))
     AND (cardinality($3::text[]) = 0 OR t.actor_kind = ANY($3::text[]))
     AND (cardinality($4::text[]) = 0 OR t.state = ANY($4::text[]))
     AND (cardinality($5::uuid[]) = 0 OR t.establishment_id = ANY($5::uuid[]))
-ORDER BY i.position
+ORDER BY i.tx, i.position
 LIMIT $6
 """
 _GRANTS = f"""
-SELECT grant_id, practitioner_id, integration_id, scopes, position FROM {GRANTS}
-WHERE position > $1 AND cardinality(scopes) > 0
-    AND (cardinality($2::uuid[]) = 0 OR practitioner_id = ANY($2::uuid[]))
-    AND (cardinality($3::uuid[]) = 0 OR integration_id = ANY($3::uuid[]))
-ORDER BY position
+SELECT g.grant_id, g.practitioner_id, g.integration_id, g.scopes, g.position,
+    e.tx < {_HORIZON}
+FROM {GRANTS} g JOIN {SCHEMA}.events e ON e.position = g.position
+WHERE (e.tx, e.position) > {_AFTER} AND cardinality(g.scopes) > 0
+    AND (cardinality($2::uuid[]) = 0 OR g.practitioner_id = ANY($2::uuid[]))
+    AND (cardinality($3::uuid[]) = 0 OR g.integration_id = ANY($3::uuid[]))
+ORDER BY e.tx, e.position
 LIMIT $4
 """
+# How long a listing waits for the transactions below its rows to end (they
+# take milliseconds); past it, it answers with what it has.
+SETTLE_TIMEOUT = 1.0
+
+
+async def _settled(fetch: Callable[[], Awaitable[list[asyncpg.Record]]]) -> list[asyncpg.Record]:
+    """A page whose every row's transaction is below all those still running.
+
+    Then no transaction can still commit a row that sorts before the page's
+    last one, and the next page, after it, misses nothing. A page with a row
+    above that horizon (a transaction begun earlier is still open) is read
+    again shortly, as the log's readers wait (infra.eventstore).
+    """
+    deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT
+    pause = 0.002
+    while True:
+        rows = await fetch()
+        if all(r[-1] for r in rows) or asyncio.get_running_loop().time() >= deadline:
+            return rows
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _token_args(token: Token) -> tuple[Any, ...]:
@@ -176,15 +212,17 @@ class PostgresTokenStore:
         return TokenView(*row) if row else None
 
     async def tokens(self, query: TokenQuery) -> list[TokenRow]:
-        rows = await self.store.pool.fetch(
-            _TOKENS,
-            query.after,
-            sorted(query.actor_ids),
-            sorted(query.actor_kinds),
-            sorted(query.states),
-            sorted(query.establishment_ids),
-            query.limit,
-            [TOKEN_REVOKED, SUSPENDED],
+        rows = await _settled(
+            lambda: self.store.pool.fetch(
+                _TOKENS,
+                query.after,
+                sorted(query.actor_ids),
+                sorted(query.actor_kinds),
+                sorted(query.states),
+                sorted(query.establishment_ids),
+                query.limit,
+                [TOKEN_REVOKED, SUSPENDED],
+            )
         )
         return [
             TokenRow(
@@ -239,11 +277,13 @@ class PostgresTokenStore:
 
     async def grants(self, query: GrantQuery) -> list[GrantRow]:
         await self._ensure_grants()
-        rows = await self.store.pool.fetch(
-            _GRANTS,
-            query.after,
-            sorted(query.practitioner_ids),
-            sorted(query.integration_ids),
-            query.limit,
+        rows = await _settled(
+            lambda: self.store.pool.fetch(
+                _GRANTS,
+                query.after,
+                sorted(query.practitioner_ids),
+                sorted(query.integration_ids),
+                query.limit,
+            )
         )
         return [GrantRow(r[0], r[1], r[2], tuple(r[3]), r[4]) for r in rows]

@@ -164,8 +164,19 @@ def json_line(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def inert(cell: str) -> str:
+    """A cell as a terminal may show it: every character that is not printable
+    (line breaks, tabs, escape sequences, bidirectional overrides) spelled as
+    a backslash escape, so that text from the log can neither start a row nor
+    recolour, clear or reorder the screen."""
+    if cell.isprintable():
+        return cell
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cell)
+
+
 def table(rows: list[list[str]], header: list[str]) -> None:
-    """Columns padded to their widest cell; the last one left ragged."""
+    """Columns padded to their widest cell; the last one left ragged; cells inert."""
+    rows = [[inert(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         cells = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]

@@ -51,6 +51,16 @@ def domain_problem(error: DomainError) -> Problem:
     )
 
 
+# The methods a request's metrics are labelled with; any other (WebDAV's, or
+# any token at all under aiohttp's pure-Python parser) is counted as "other",
+# so that a client cannot mint series without bound.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     # Echoed below, logged and stored: a client's id is kept only if it is a
@@ -68,8 +78,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = e.status
         raise
     finally:
-        HTTP_REQUESTS.labels(request.method, template, str(status)).inc()
-        HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
+        method = method_label(request.method)
+        HTTP_REQUESTS.labels(method, template, str(status)).inc()
+        HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
     response.headers["X-Request-Id"] = request_id
     return response
 
