@@ -10,7 +10,6 @@ Listings are paged like `GET /ledger`: `limit`, and `after` set to the
 previous page's `next` (null on the last page).
 """
 
-from typing import TypeVar
 from uuid import UUID
 
 from aiohttp import web
@@ -20,10 +19,6 @@ from infra.http import schemas as s
 from infra.http.audit import note
 from infra.http.keys import actor_of, meta_of, services_of
 from infra.http.wire import (
-    MIN_POSITION_HEADER,
-    MIN_POSITION_PARAM,
-    HTTPProblem,
-    digits,
     path_id,
     read_body,
     read_query,
@@ -36,45 +31,11 @@ from services.ports import GrantRow, TokenQuery, TokenRow
 TOKEN_FIELDS = tuple(s.TokenInfoOut.__struct_fields__)
 ISSUED_FIELDS = tuple(f for f in s.TokenOut.__struct_fields__ if f != "token")
 GRANT_FIELDS = tuple(s.GrantOut.__struct_fields__)
-Q = TypeVar("Q")
 
 
 async def _head(request: web.Request) -> int:
     """What a token or grant answer reflects: the log as of at least here."""
     return await services_of(request).read.store.last_position()
-
-
-def _listing_query(request: web.Request, cls: type[Q]) -> Q:
-    """A listing's query string, and a read-your-writes position checked, not ignored.
-
-    The token and grant indexes are written with their events, so a listing
-    always holds the caller's last write and never waits; but a malformed
-    position is a client bug to report (as the read-model routes do), not
-    something to drop silently.
-    """
-    if MIN_POSITION_HEADER in request.headers:
-        digits(request.headers[MIN_POSITION_HEADER], MIN_POSITION_HEADER)
-    if MIN_POSITION_PARAM in request.query:
-        given = request.query.getall(MIN_POSITION_PARAM)
-        if len(given) != 1:
-            raise HTTPProblem(
-                400,
-                "invalid-input",
-                "Give each parameter once",
-                "given more than once",
-                MIN_POSITION_PARAM,
-            )
-        digits(given[0], MIN_POSITION_PARAM)
-    query = read_query(request, cls)
-    # A filter given is a filter: msgspec's lax mode reads `state=null` or
-    # `practitioner_id=null` as None, which would list everything unfiltered.
-    names = getattr(cls, "__struct_encode_fields__", ())
-    for attr, name in zip(getattr(cls, "__struct_fields__", ()), names, strict=True):
-        if name in request.query and getattr(query, attr) is None:
-            raise HTTPProblem(
-                400, "invalid-input", "The request is invalid", "a value, not null", name
-            )
-    return query
 
 
 def _issued_out(issued: IssuedToken) -> s.TokenOut:
@@ -133,7 +94,7 @@ async def issue_token(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    q = _listing_query(request, s.TokensQuery)
+    q = read_query(request, s.TokensQuery)
     query = TokenQuery(
         actor_ids=frozenset({q.actor_id} if q.actor_id else ()),
         actor_kinds=frozenset({q.actor_kind} if q.actor_kind else ()),
@@ -263,11 +224,11 @@ async def _grants(
 
 
 async def list_grants(request: web.Request) -> web.Response:
-    q = _listing_query(request, s.GrantsQuery)
+    q = read_query(request, s.GrantsQuery)
     return await _grants(request, q.practitioner_id, q.integration_id, q.after, q.limit)
 
 
 async def practitioner_grants(request: web.Request) -> web.Response:
     practitioner_id = path_id(request, "practitioner_id", "practitioner")
-    q = _listing_query(request, s.PractitionerGrantsQuery)
+    q = read_query(request, s.PractitionerGrantsQuery)
     return await _grants(request, practitioner_id, q.integration_id, q.after, q.limit)

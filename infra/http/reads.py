@@ -10,9 +10,8 @@ from infra.http.convert import establishment_out, practitioner_out
 from infra.http.keys import SERVICES, actor_of, services_of
 from infra.http.wire import (
     MIN_POSITION_HEADER,
-    MIN_POSITION_PARAM,
     HTTPProblem,
-    digits,
+    min_position,
     path_id,
     read_query,
     reply,
@@ -32,11 +31,7 @@ def behind(e: NotCaughtUp, title: str, field: str | None = None) -> HTTPProblem:
 async def consistent(request: web.Request, *projections: str) -> QueryService:
     """Wait until the read models hold the client's last write, if it named one."""
     services = request.app[SERVICES]
-    position: int | None = None
-    if MIN_POSITION_HEADER in request.headers:  # present but empty is a client bug too
-        position = digits(request.headers[MIN_POSITION_HEADER], MIN_POSITION_HEADER)
-    elif MIN_POSITION_PARAM in request.query:
-        position = digits(request.query[MIN_POSITION_PARAM], MIN_POSITION_PARAM)
+    position = min_position(request)
     if position is not None:
         try:
             await services.read.wait_for(position, projections)

@@ -214,13 +214,37 @@ def _check_encoding(request: web.Request) -> None:
                 ) from None
 
 
+def min_position(request: web.Request) -> int | None:
+    """The read-your-writes position a request names, if any; each spelling is checked.
+
+    Present but empty is a client bug too, and so is a parameter given twice:
+    neither may be dropped in favour of the other.
+    """
+    position: int | None = None
+    if MIN_POSITION_PARAM in request.query:
+        values = request.query.getall(MIN_POSITION_PARAM)
+        if len(values) != 1:
+            raise HTTPProblem(
+                400,
+                "invalid-input",
+                "Give each parameter once",
+                "given more than once",
+                MIN_POSITION_PARAM,
+            )
+        position = digits(values[0], MIN_POSITION_PARAM)
+    if MIN_POSITION_HEADER in request.headers:
+        position = digits(request.headers[MIN_POSITION_HEADER], MIN_POSITION_HEADER)
+    return position
+
+
 def read_query(request: web.Request, cls: type[T]) -> T:
     _check_encoding(request)
+    min_position(request)  # read-your-writes is `consistent`'s, but checked for every route
     params: dict[str, str] = {}
     numbers, times = _fields_of(cls, _NUMBER), _fields_of(cls, _TIME)
     for key in request.query:
         if key == MIN_POSITION_PARAM:
-            continue  # read-your-writes, handled by `consistent`
+            continue
         values = request.query.getall(key)
         if len(values) != 1:
             raise HTTPProblem(
@@ -234,9 +258,18 @@ def read_query(request: web.Request, cls: type[T]) -> T:
             )
         params[key] = values[0]
     try:
-        return _check_times(_nfc(msgspec.convert(params, cls, strict=False)))
+        query = _check_times(_nfc(msgspec.convert(params, cls, strict=False)))
     except msgspec.ValidationError as e:
         raise _bad_input(e, "query") from None
+    # A filter given is a filter: lax msgspec reads `null` as None for an
+    # optional id or choice, which would answer everything unfiltered.
+    names = dict(zip(cls.__struct_encode_fields__, cls.__struct_fields__, strict=True))  # type: ignore[attr-defined]
+    for name in params:
+        if name in names and getattr(query, names[name]) is None:
+            raise HTTPProblem(
+                400, "invalid-input", "The request is invalid", "a value, not null", name
+            )
+    return query
 
 
 # The one spelling of an id: UUID() also takes braces, "urn:uuid:" and no
