@@ -44,7 +44,7 @@ promtool:
 	fi
 
 test: install promtool
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 fuzz: install
 	CARNET_FUZZ_EXAMPLES=100 $(BIN)/pytest --timeout=3600 tests/e2e/test_fuzz.py tests/e2e/test_hostile_properties.py

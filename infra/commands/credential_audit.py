@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -157,6 +157,28 @@ def refused(prog: str, error: DomainError) -> int:
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+class _Row(Protocol):
+    @property
+    def position(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Row)
+
+
+async def every_page(
+    fetch: Callable[[int], Awaitable[Sequence[R]]], after: int, wanted: int | None, page: int
+) -> list[R]:
+    """Rows from `after` on, page by page, until `wanted` of them or the end."""
+    found: list[R] = []
+    while wanted is None or len(found) < wanted:
+        rows = await fetch(after)
+        found += rows
+        if len(rows) < page:
+            break
+        after = rows[-1].position
+    return found[:wanted] if wanted is not None else found
 
 
 def json_line(obj: Any) -> None:

@@ -28,6 +28,7 @@ from infra.commands.credential_audit import (
     Noted,
     an_id,
     bounded,
+    every_page,
     json_line,
     refused,
     table,
@@ -85,17 +86,14 @@ async def _list(command: AdminCommand, args: argparse.Namespace) -> None:
 
     async def work() -> tuple[list[GrantRow], Noted]:
         head = await command.head()
-        found: list[GrantRow] = []
-        after = 0
-        while wanted is None or len(found) < wanted:
-            page = await command.credentials.list_grants(
+        found = await every_page(
+            lambda after: command.credentials.list_grants(
                 command.actor, args.practitioner_id, args.integration_id, after, PAGE
-            )
-            found += page
-            if len(page) < PAGE:
-                break
-            after = page[-1].position
-        found = found[:wanted] if wanted is not None else found
+            ),
+            0,
+            wanted,
+            PAGE,
+        )
         return found, Noted([str(g.grant_id) for g in found], GRANT_FIELDS, head)
 
     rows = await command.audited("grant", "search", [], work)

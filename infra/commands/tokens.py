@@ -31,6 +31,7 @@ from infra.commands.credential_audit import (
     Noted,
     an_id,
     bounded,
+    every_page,
     json_line,
     refused,
     table,
@@ -129,17 +130,14 @@ async def _list(command: AdminCommand, args: argparse.Namespace) -> None:
 
     async def work() -> tuple[list[TokenRow], Noted]:
         head = await command.head()
-        found: list[TokenRow] = []
-        after = query.after
-        while wanted is None or len(found) < wanted:
-            page = await command.credentials.list_tokens(
+        found = await every_page(
+            lambda after: command.credentials.list_tokens(
                 command.actor, dataclasses.replace(query, after=after)
-            )
-            found += page
-            if len(page) < PAGE:
-                break
-            after = page[-1].position
-        found = found[:wanted] if wanted is not None else found
+            ),
+            query.after,
+            wanted,
+            PAGE,
+        )
         return found, Noted([str(t.token_id) for t in found], TOKEN_FIELDS, head)
 
     rows = await command.audited("token", "search", [], work)

@@ -166,19 +166,7 @@ async def grant(request: web.Request) -> web.Response:
     given = await services_of(request).credentials.grant(
         actor_of(request), meta_of(request), practitioner_id, integration_id, tuple(body.scopes)
     )
-    note(
-        request,
-        record_ids=[_grant_id(practitioner_id, integration_id)],
-        fields=GRANT_FIELDS,
-        as_of=await _head(request),
-    )
-    return reply(
-        s.GrantOut(
-            practitioner_id=practitioner_id,
-            integration_id=integration_id,
-            scopes=list(given.scopes),
-        )
-    )
+    return await _grant_answer(request, practitioner_id, integration_id, given.scopes)
 
 
 async def revoke_grant(request: web.Request) -> web.Response:
@@ -187,6 +175,13 @@ async def revoke_grant(request: web.Request) -> web.Response:
     revoked = await services_of(request).credentials.revoke_grant(
         actor_of(request), meta_of(request), practitioner_id, integration_id
     )
+    return await _grant_answer(request, practitioner_id, integration_id, revoked.scopes)
+
+
+async def _grant_answer(
+    request: web.Request, practitioner_id: UUID, integration_id: UUID, scopes: tuple[str, ...]
+) -> web.Response:
+    """A grant given or withdrawn: its access entry, and the grant as it now stands."""
     note(
         request,
         record_ids=[_grant_id(practitioner_id, integration_id)],
@@ -195,9 +190,7 @@ async def revoke_grant(request: web.Request) -> web.Response:
     )
     return reply(
         s.GrantOut(
-            practitioner_id=practitioner_id,
-            integration_id=integration_id,
-            scopes=list(revoked.scopes),
+            practitioner_id=practitioner_id, integration_id=integration_id, scopes=list(scopes)
         )
     )
 

@@ -46,14 +46,16 @@ def test_serve_refuses_the_embedded_demo_servers_and_debug_switches(tmp_path):
         "CARNET_DATABASE_URL": f"postgresql://postgres@/carnet?host={data_dir}/pg&port=5432",
         "CARNET_NATS_URL": "nats://127.0.0.1:4333",
         "PYTHONASYNCIODEBUG": "1",
+        "CARNET_METRICS_DISABLED": "1",
     }
     done = run_cli("serve", env=env, cwd=tmp_path)
     assert done.returncode == 1
     problems = [line for line in done.stderr.splitlines() if line.startswith("  - ")]
-    assert len(problems) == 3, done.stderr
+    assert len(problems) == 4, done.stderr
     assert "CARNET_DATABASE_URL points at the embedded demo PostgreSQL" in problems[0]
     assert "CARNET_NATS_URL points at the embedded demo nats-server" in problems[1]
     assert "PYTHONASYNCIODEBUG is set" in problems[2]
+    assert "CARNET_METRICS_DISABLED is set" in problems[3]
 
 
 async def test_serve_refuses_a_database_holding_the_demo_world(db_url, servers, services, tmp_path):
