@@ -22,7 +22,7 @@ DEBUG_VARIABLES = {
     "PYTHONASYNCIODEBUG": "asyncio debug mode (slow callbacks logged, every coroutine traced)",
     "PYTHONDEVMODE": "Python development mode",
     "PYTHONTRACEMALLOC": "tracemalloc (every allocation traced)",
-    "CARNET_METRICS_DISABLED": "every metric a no-op, the benchmarks' baseline: nothing to alert on",
+    "CARNET_METRICS_DISABLED": "every metric a no-op (the benchmarks' baseline)",
 }
 # The actor the demo seed writes as (infra/seed.py).
 SEED_ACTOR = "seed"
