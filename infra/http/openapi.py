@@ -108,7 +108,7 @@ def _operation(route: Route, refs: dict[type, Any], schemas: dict[str, Any]) -> 
     }
     if route.body is not None:
         op["requestBody"] = {
-            "required": True,
+            "required": not route.body_optional,
             "content": {"application/json": {"schema": refs[route.body]}},
         }
     if route.response is not None:

@@ -31,6 +31,8 @@ class Route:
     response: type | None
     status: int = 200
     body: type | None = None
+    # The body may be left out altogether (the defaults apply).
+    body_optional: bool = False
     query: type | None = None
     errors: tuple[int, ...] = READ_ERRORS
     public: bool = False
@@ -368,6 +370,7 @@ ROUTES: tuple[Route, ...] = (
         s.TokenOut,
         201,
         s.RotateToken,
+        body_optional=True,
         errors=WRITE_ERRORS,
         audit=Audit("token", "change", ("token_id",)),
     ),

@@ -119,3 +119,11 @@ async def test_every_reference_resolves_in_components(document):
     problem = resolve(document, "#/components/schemas/Problem")
     assert {"type", "title", "status"} <= set(problem["required"])
     assert "field" in problem["properties"]
+
+
+async def test_a_body_is_marked_required_unless_the_route_takes_none(document):
+    # Rotation works without a body (tests/e2e/test_token_admin.py); the others need one.
+    ops = document["paths"]
+    rotate = ops["/admin/tokens/{token_id}/rotate"]["post"]["requestBody"]
+    assert rotate["required"] is False
+    assert ops["/appointments"]["post"]["requestBody"]["required"] is True
