@@ -36,13 +36,30 @@ WITH appended AS (
 )
 SELECT max(position) FROM appended
 """
-# Only rows of transactions that can no longer commit "behind" us are visible:
-# everything below the snapshot's xmin has either committed or rolled back.
+# The log's readable horizon: the oldest transaction still running that could
+# write to it. Below it, everything has either committed or rolled back, so
+# no row can commit "behind" a reader. That is the snapshot's xmin, except
+# that transaction ids are cluster-wide: a transaction that pg_stat_activity
+# shows running in another database can never write this log, and must not
+# hold it back (another application, or another Carnet, on the same server).
+# Only such a definite attribution drops an xid; any xid it cannot place
+# (a subtransaction, a prepared transaction, a backend that just ended)
+# still counts, as before. The low 32 bits of an xid8 are its xid: running
+# xids are never 2^32 apart.
+HORIZON = """(SELECT coalesce(
+    (SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+     WHERE NOT EXISTS (
+        SELECT 1 FROM pg_stat_activity a
+        WHERE a.backend_xid::text = (x::text::numeric % 4294967296)::text
+          AND a.datid <> (SELECT d.oid FROM pg_database d
+                          WHERE d.datname = current_database()))),
+    pg_snapshot_xmax(pg_current_snapshot())))"""
+# Only rows of transactions that can no longer commit "behind" us are visible.
 _READ_AFTER = f"""
 SELECT position, tx, originator_id, originator_version, topic, state, recorded_at, metadata
 FROM {SCHEMA}.events
 WHERE (tx, position) > ($1::xid8, $2::bigint)
-  AND tx < pg_snapshot_xmin(pg_current_snapshot())
+  AND tx < {HORIZON}
 ORDER BY tx, position
 LIMIT $3
 """
@@ -59,7 +76,7 @@ ORDER BY originator_id, originator_version"""
 # filter), so the page is empty until no transaction below `until` can commit.
 _READ_UNTIL = f"""{_SELECT}
 WHERE (tx, position) > ($1::xid8, $2::bigint) AND (tx, position) <= ($3::xid8, $4::bigint)
-  AND $3::xid8 < pg_snapshot_xmin(pg_current_snapshot())
+  AND $3::xid8 < {HORIZON}
 ORDER BY tx, position
 LIMIT $5
 """

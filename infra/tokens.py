@@ -17,7 +17,7 @@ import asyncpg
 from domain.credentials import Grant, Token
 from infra.access_index import ENTRIES
 from infra.codec import TypedMapper
-from infra.eventstore import EventStore
+from infra.eventstore import HORIZON, EventStore
 from infra.pgerrors import database_unavailable
 from infra.schema import SCHEMA
 from services.ports import (
@@ -112,7 +112,6 @@ _AFTER = f"""(
     coalesce((SELECT c.tx FROM {SCHEMA}.events c WHERE c.position <= $1
         ORDER BY c.position DESC LIMIT 1), '0'::xid8),
     $1::bigint)"""
-_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"
 _TOKENS = f"""
 SELECT t.token_id, t.actor_kind, t.actor_id, t.establishment_id, t.display_name, t.state,
     t.expires_at, i.recorded_at, i.position,
@@ -121,7 +120,7 @@ SELECT t.token_id, t.actor_kind, t.actor_id, t.establishment_id, t.display_name,
         WHERE r.originator_id = t.token_id AND r.topic = ANY($7::text[])
         ORDER BY r.originator_version DESC LIMIT 1), '') ELSE '' END,
     (SELECT max(x.at) FROM {ENTRIES} x WHERE x.token_id = t.token_id::text),
-    i.tx < {_HORIZON}
+    i.tx < {HORIZON}
 FROM {SCHEMA}.tokens t
 JOIN {SCHEMA}.events i ON i.originator_id = t.token_id AND i.originator_version = 1
 WHERE (i.tx, i.position) > {_AFTER}
@@ -134,7 +133,7 @@ LIMIT $6
 """
 _GRANTS = f"""
 SELECT g.grant_id, g.practitioner_id, g.integration_id, g.scopes, g.position,
-    e.tx < {_HORIZON}
+    e.tx < {HORIZON}
 FROM {GRANTS} g JOIN {SCHEMA}.events e ON e.position = g.position
 WHERE (e.tx, e.position) > {_AFTER} AND cardinality(g.scopes) > 0
     AND (cardinality($2::uuid[]) = 0 OR g.practitioner_id = ANY($2::uuid[]))

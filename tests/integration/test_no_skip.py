@@ -129,3 +129,43 @@ async def test_tailing_reader_sees_every_committed_event_exactly_once(db_url: st
     assert set(seen) == committed, "a committed event was skipped"
     assert not set(seen) & rolled_back
     assert checkpoints == sorted(checkpoints)
+
+
+async def test_a_transaction_in_another_database_does_not_hold_the_log_back(
+    pool: asyncpg.Pool, db_url: str
+):
+    """Transaction ids are cluster-wide, but another database can never write this log.
+
+    An application sharing the PostgreSQL server (or another Carnet database)
+    that keeps a transaction open must not stop this log's readers, and with
+    them every projection and the relay.
+    """
+    other = f"carnet_other_{uuid4().hex[:8]}"
+    admin = await asyncpg.connect(db_url)
+    await admin.execute(f'CREATE DATABASE "{other}"')
+    elsewhere = await asyncpg.connect(db_url.rsplit("/", 1)[0] + f"/{other}")
+    try:
+        held = elsewhere.transaction()
+        await held.start()
+        await elsewhere.fetchval("SELECT pg_current_xact_id()")  # it holds an xid now
+        store = EventStore(pool)
+        (event,) = events(1)
+        await store.append([event], META)
+        seen = [e.originator_id for e in await readable(store, 1)]
+        assert seen == [event.originator_id]
+        # Ours still wait for a transaction of this database, as before.
+        slow = await pool.acquire()
+        try:
+            mine = slow.transaction()
+            await mine.start()
+            await EventStore.append_on(slow, events(1), META)
+            await store.append(events(1), META)
+            assert len(await store.read_after(Checkpoint())) == 1
+            await mine.rollback()
+        finally:
+            await pool.release(slow)
+        await held.rollback()
+    finally:
+        await elsewhere.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+        await admin.close()
