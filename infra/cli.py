@@ -42,7 +42,16 @@ from infra.projector import CHECKPOINTS, Projector
 from infra.relay import Relay
 from infra.schema import LATEST, SCHEMA
 from infra.seed import first_free_slot, seed
-from infra.settings import CONFIG_VARIABLE, FIELDS, Loaded, Settings, load, shown, variable
+from infra.settings import (
+    CONFIG_VARIABLE,
+    FIELDS,
+    Loaded,
+    Settings,
+    load,
+    masked_url,
+    shown,
+    variable,
+)
 from infra.stream import StreamNames
 from infra.waker import Waker
 from infra.workers import background
@@ -62,13 +71,20 @@ async def database(
     it opens; a configured one (CARNET_DATABASE_URL) is only checked, so that
     nothing but `carnet migrate` changes a real deployment's schema.
     """
-    # An explicit URL names its own database; the embedded server gets one of ours.
-    url = settings.database_url or await ensure_database(
-        servers.database_url, settings.database_name
-    )
-    pool = await open_pool(
-        url, settings, schema or ("check" if settings.database_url else "migrate")
-    )
+    try:
+        # An explicit URL names its own database; the embedded server gets one of ours.
+        url = settings.database_url or await ensure_database(
+            servers.database_url, settings.database_name
+        )
+        pool = await open_pool(
+            url, settings, schema or ("check" if settings.database_url else "migrate")
+        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        # Down, refusing the login, missing or not answering: one line, no password.
+        where = masked_url(settings.database_url) if settings.database_url else "embedded"
+        raise SystemExit(
+            f"carnet: cannot use the database ({where}): {type(e).__name__}: {e}"
+        ) from None
     try:
         yield pool
     finally:
@@ -313,7 +329,8 @@ async def _relay(settings: Settings, servers: Servers, args: argparse.Namespace)
             asyncio.create_task(relay.run(waker.event())),
             asyncio.create_task(waker.listen(pool)),
         ]
-        print(f"relaying to stream {settings.stream} on {servers.nats_url}", flush=True)
+        where = masked_url(servers.nats_url)
+        print(f"relaying to stream {settings.stream} on {where}", flush=True)
         await _run_until_signalled(tasks)
 
 

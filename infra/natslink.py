@@ -11,6 +11,8 @@ import logging
 import nats
 from nats.aio.client import Client as NATS
 
+from infra.settings import masked_url
+
 log = logging.getLogger("carnet.nats")
 
 
@@ -31,13 +33,14 @@ class NatsLink:
         try:
             async with asyncio.timeout(5):
                 self.nc = await nats.connect(
-                    self.url,
+                    # Several servers of a cluster may be named, comma-separated.
+                    servers=[u.strip() for u in self.url.split(",") if u.strip()],
                     connect_timeout=2,
                     max_reconnect_attempts=-1,
                     error_cb=self._quiet,
                 )
         except Exception as e:  # unreachable now; writes must not wait for it
-            log.warning("NATS unreachable at %s (%s)", self.url, e)
+            log.warning("NATS unreachable at %s (%s)", masked_url(self.url), e)
             return False
         self.connected.set()
         return True

@@ -39,13 +39,48 @@ def _socket_dirs(url: str) -> list[Path]:
     return [Path(h) for h in hosts if h.startswith("/")]
 
 
-def _embedded_socket_dir(data_dir: Path) -> Path | None:
-    """Where the embedded PostgreSQL of `data_dir` listens (line 5 of postmaster.pid)."""
+def _postmaster(data_dir: Path) -> list[str]:
+    """The lines of the embedded PostgreSQL's postmaster.pid: its port is line 4,
+    its socket directory line 5, the addresses it listens on line 6."""
     try:
-        lines = (data_dir / "pg" / "postmaster.pid").read_text().splitlines()
-    except OSError:
-        return None
-    return Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else None
+        return [
+            line.strip() for line in (data_dir / "pg" / "postmaster.pid").read_text().splitlines()
+        ]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def _embedded_socket_dir(data_dir: Path) -> Path | None:
+    """Where the embedded PostgreSQL of `data_dir` listens."""
+    lines = _postmaster(data_dir)
+    return Path(lines[4]) if len(lines) > 4 and lines[4] else None
+
+
+def _embedded_tcp_port(data_dir: Path) -> int | None:
+    """The loopback port of the embedded PostgreSQL, if it listens on TCP at all."""
+    lines = _postmaster(data_dir)
+    if len(lines) > 5 and lines[5] and lines[3].isdigit():
+        return int(lines[3])
+    return None
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _tcp_ports(url: str) -> list[int]:
+    """The loopback ports a libpq URL may connect to (5432 when it names none)."""
+    try:
+        parts = urlsplit(url)
+        hosts = parts.netloc.rpartition("@")[2].split(",")
+    except ValueError:
+        return []
+    ports = []
+    for spec in hosts:
+        host, _, port = spec.rpartition(":") if not spec.endswith("]") else (spec, "", "")
+        host = unquote(host or spec).strip("[]").lower()
+        if host in LOOPBACK:
+            ports.append(int(port) if port.isdigit() else 5432)
+    return ports
 
 
 def _under(path: Path, parent: Path) -> bool:
@@ -53,6 +88,13 @@ def _under(path: Path, parent: Path) -> bool:
         return path.resolve().is_relative_to(parent.resolve())
     except OSError:
         return False
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b
 
 
 def setting_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
@@ -67,8 +109,16 @@ def setting_problems(settings: Settings, environ: Mapping[str, str]) -> list[str
     data_dir = settings.data_dir
     if settings.database_url:
         embedded = _embedded_socket_dir(data_dir)
+        tcp = _embedded_tcp_port(data_dir)
+        if tcp is not None and tcp in _tcp_ports(settings.database_url):
+            problems.append(
+                f"CARNET_DATABASE_URL points at the embedded demo PostgreSQL (port {tcp}, "
+                f"of {variable('data_dir')}={data_dir})"
+            )
         for socket_dir in _socket_dirs(settings.database_url):
-            if _under(socket_dir, data_dir) or (embedded is not None and socket_dir == embedded):
+            if _under(socket_dir, data_dir) or (
+                embedded is not None and _same(socket_dir, embedded)
+            ):
                 problems.append(
                     f"CARNET_DATABASE_URL points at the embedded demo PostgreSQL ({socket_dir}, "
                     f"of {variable('data_dir')}={data_dir})"
