@@ -9,7 +9,8 @@ which also fills it from the log once (grants given before it existed).
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -187,12 +188,13 @@ class PostgresTokenStore:
     async def save(self, token: Token, meta: Metadata) -> int:
         return await self.save_all([token], meta)
 
-    async def save_all(self, tokens: Sequence[Token], meta: Metadata) -> int:
-        stored = [self.mapper.to_stored_event(e) for t in tokens for e in t.collect_events()]
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """One transaction of events and their index rows; a lost race is a
+        conflict, a lost database unavailable; the readers are woken after it."""
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
-                position = await EventStore.append_on(conn, stored, meta)
-                await conn.executemany(_UPSERT, [_token_args(t) for t in tokens])
+                yield conn
         except asyncpg.UniqueViolationError as e:
             raise VersionConflict(str(e)) from None
         except Exception as e:
@@ -200,6 +202,12 @@ class PostgresTokenStore:
                 raise Unavailable(str(e)) from e
             raise
         self.store.notifier.poke()
+
+    async def save_all(self, tokens: Sequence[Token], meta: Metadata) -> int:
+        stored = [self.mapper.to_stored_event(e) for t in tokens for e in t.collect_events()]
+        async with self._writing() as conn:
+            position = await EventStore.append_on(conn, stored, meta)
+            await conn.executemany(_UPSERT, [_token_args(t) for t in tokens])
         return position
 
     async def find(self, token_hash: bytes) -> TokenView | None:
@@ -254,24 +262,16 @@ class PostgresTokenStore:
     async def save_grant(self, grant: Grant, meta: Metadata) -> int:
         await self._ensure_grants()
         stored = [self.mapper.to_stored_event(e) for e in grant.collect_events()]
-        try:
-            async with self.store.pool.acquire() as conn, conn.transaction():
-                position = await EventStore.append_on(conn, stored, meta)
-                await conn.execute(
-                    _GRANT_UPSERT,
-                    grant.id,
-                    grant.practitioner_id,
-                    grant.integration_id,
-                    list(grant.scopes),
-                    position,
-                )
-        except asyncpg.UniqueViolationError as e:
-            raise VersionConflict(str(e)) from None
-        except Exception as e:
-            if database_unavailable(e):
-                raise Unavailable(str(e)) from e
-            raise
-        self.store.notifier.poke()
+        async with self._writing() as conn:
+            position = await EventStore.append_on(conn, stored, meta)
+            await conn.execute(
+                _GRANT_UPSERT,
+                grant.id,
+                grant.practitioner_id,
+                grant.integration_id,
+                list(grant.scopes),
+                position,
+            )
         return position
 
     async def grants(self, query: GrantQuery) -> list[GrantRow]:
