@@ -67,6 +67,22 @@ async def _admin(url: str) -> asyncpg.Connection:
     return await asyncpg.connect(url)
 
 
+@pytest.fixture
+async def stream_name(servers: Servers) -> AsyncIterator[str]:
+    """A JetStream stream name of this test's own, deleted afterwards if it was made."""
+    import nats
+
+    name = f"T{uuid.uuid4().hex[:12].upper()}"
+    yield name
+    nc = await nats.connect(servers.nats_url)
+    try:
+        await nc.jetstream().delete_stream(name)
+    except nats.js.errors.NotFoundError:
+        pass
+    finally:
+        await nc.close()
+
+
 @pytest.fixture(scope="session")
 def template_db(servers: Servers) -> Iterator[str]:
     """A database holding the schema, copied for each test (fast: file copy)."""

@@ -81,7 +81,9 @@ async def _wait_healthy(port: int, proc: asyncio.subprocess.Process, log: Path) 
             await asyncio.sleep(0.2)
 
 
-async def test_serve_on_a_migrated_database_seeds_nothing_and_needs_a_bootstrap(servers, tmp_path):
+async def test_serve_on_a_migrated_database_seeds_nothing_and_needs_a_bootstrap(
+    servers, tmp_path, stream_name
+):
     async with empty_database(servers.database_url, "prod") as url:
         env = {k: v for k, v in os.environ.items() if k != "CARNET_DATA_DIR"}
         env.update(_env(url, servers))
@@ -90,7 +92,7 @@ async def test_serve_on_a_migrated_database_seeds_nothing_and_needs_a_bootstrap(
         # serve does not migrate by itself, so it needed that step; now it starts.
         port = free_port()
         env["CARNET_HTTP_PORT"] = str(port)
-        env["CARNET_STREAM"] = f"PROD_{os.getpid()}_{port}"
+        env["CARNET_STREAM"] = stream_name
         log = tmp_path / "serve.log"
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -44,10 +43,10 @@ async def _scrape_until(url: str, wanted: str, proc: asyncio.subprocess.Process)
     ],
 )
 async def test_a_separate_worker_serves_its_metrics(
-    db_url: str, servers, tmp_path: Path, world, command: list[str], wanted: str
+    db_url: str, servers, tmp_path: Path, world, command: list[str], wanted: str, stream_name: str
 ) -> None:
     port = _free_port()
-    stream = f"WM_{uuid.uuid4().hex[:8].upper()}"
+    stream = stream_name
     env = {
         **os.environ,
         "CARNET_DATABASE_URL": db_url,
@@ -73,14 +72,4 @@ async def test_a_separate_worker_serves_its_metrics(
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
-        if command == ["relay"]:
-            import nats
-
-            nc = await nats.connect(servers.nats_url)
-            try:
-                await nc.jetstream().delete_stream(stream)
-            except Exception:
-                pass
-            finally:
-                await nc.close()
     assert not os.listdir(tmp_path), "the worker wrote into its working directory"
