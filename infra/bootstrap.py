@@ -164,9 +164,19 @@ async def open_pool(
         for projection in all_projections():
             await Projector(pool, projection).ensure()
     except BaseException:
-        await pool.close()
+        await close_pool(pool)
         raise
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool, within: float = 10.0) -> None:
+    """Close gracefully, but never wait for ever: a connection whose cancelled query
+    waits on a confirmation that never comes would hold `close()` for good."""
+    try:
+        await asyncio.wait_for(pool.close(), within)
+    except TimeoutError:
+        log.warning("database pool did not close within %g s; terminating it", within)
+        pool.terminate()
 
 
 def build_services(

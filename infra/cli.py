@@ -19,6 +19,7 @@ from domain.ledger import LEDGER_ID
 from infra.bootstrap import (
     Servers,
     build_services,
+    close_pool,
     connect_nats,
     ensure_database,
     open_pool,
@@ -88,7 +89,7 @@ async def database(
     try:
         yield pool
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 async def _usable(

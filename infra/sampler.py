@@ -114,6 +114,10 @@ class Sampler:
         self.full_every = full_every
         self.verified = Verified()
         self.verifications = 0
+        # Set to stop between ticks. A query cancelled half-way through asyncpg's
+        # extended protocol can wait for ever on its cancel confirmation, and the
+        # process's stop with it; so the loops finish their tick instead.
+        self.stopping = asyncio.Event()
 
     def sample_pool(self) -> None:
         size = self.pool.get_size()
@@ -180,29 +184,33 @@ class Sampler:
         LEDGER_VERIFICATION.record(True, time.time(), verified.version)
         return True
 
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
     async def run(self) -> None:
-        """Sample every `interval` until cancelled."""
-        while True:
+        """Sample every `interval` until stopped (or cancelled)."""
+        while not self.stopping.is_set():
             try:
                 await self.sample()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug here must not stop the process, only the sample
                 log.exception("metrics sample failed")
-            await asyncio.sleep(self.interval)
+            await self._pause(self.interval)
 
     async def run_verification(self) -> None:
-        """Verify the ledger every `verify_every` seconds until cancelled."""
+        """Verify the ledger every `verify_every` seconds until stopped (or cancelled)."""
         if self.verify_every is None:
             return
-        while True:
+        while not self.stopping.is_set():
             try:
                 await self.verify()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the database, most likely: try again next time
                 log.warning("cannot verify the access ledger: %r", e)
-            await asyncio.sleep(self.verify_every)
+            await self._pause(self.verify_every)
 
 
 async def watch_loop(period: float = LOOP_PERIOD) -> None:
@@ -236,6 +244,10 @@ async def sampling(
     try:
         yield sampler
     finally:
+        # Let a tick under way finish (each statement is bounded), then cancel.
+        sampler.stopping.set()
+        await asyncio.wait(tasks[:2], timeout=database_timeout + 1)
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from infra.bootstrap import build_services, open_pool, with_database
+from infra.bootstrap import build_services, close_pool, open_pool, with_database
 from infra.http.app import create_app
 from infra.http.keys import Services
 from infra.http.throttle import ThrottlePolicy
@@ -138,7 +138,7 @@ async def pool(db_url: str) -> AsyncIterator[asyncpg.Pool]:
     try:
         yield pool
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 class FakeClock:

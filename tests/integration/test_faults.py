@@ -4,6 +4,7 @@ import socket
 from datetime import timedelta
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from infra.bootstrap import build_services, connect_nats
@@ -75,3 +76,34 @@ async def test_a_lost_database_answers_503_with_retry_after_then_recovers(
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
         await pool.close()
+
+
+async def test_a_pool_with_a_connection_that_never_comes_back_still_closes(db_url):
+    """A cancelled query can wait for ever on its cancel confirmation, holding its
+    connection; stopping must not wait with it."""
+    import asyncio
+    import time
+
+    from infra.bootstrap import close_pool, open_pool
+
+    pool = await open_pool(db_url)
+    held = await pool.acquire()  # never released, as by such a query
+    started = time.monotonic()
+    await close_pool(pool, within=0.5)
+    assert time.monotonic() - started < 5
+    with pytest.raises(asyncpg.InterfaceError, match="closed"):
+        await pool.acquire()
+    del held
+    await asyncio.sleep(0)
+
+
+async def test_the_sampler_finishes_its_tick_rather_than_being_cancelled_mid_query(pool):
+    import asyncio
+
+    from infra.sampler import sampling
+
+    async with sampling(pool, interval=0.01, database_timeout=2.0, verify_every=None) as sampler:
+        await asyncio.sleep(0.1)
+    assert sampler.stopping.is_set()
+    # Nothing of it is left running on the pool: every connection came back.
+    assert pool.get_idle_size() == pool.get_size()
