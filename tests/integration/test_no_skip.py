@@ -7,6 +7,7 @@ from uuid import UUID, uuid4
 import asyncpg
 from eventsourcing.persistence import StoredEvent
 
+from infra.bootstrap import with_database
 from infra.eventstore import Checkpoint, EventStore, RecordedEvent
 from infra.schema import SCHEMA
 from services.ports import Metadata
@@ -143,7 +144,7 @@ async def test_a_transaction_in_another_database_does_not_hold_the_log_back(
     other = f"carnet_other_{uuid4().hex[:8]}"
     admin = await asyncpg.connect(db_url)
     await admin.execute(f'CREATE DATABASE "{other}"')
-    elsewhere = await asyncpg.connect(db_url.rsplit("/", 1)[0] + f"/{other}")
+    elsewhere = await asyncpg.connect(with_database(db_url, other))
     try:
         held = elsewhere.transaction()
         await held.start()
