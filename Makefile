@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test fuzz lint fmt bench clean promtool
+.PHONY: install run test fuzz lint fmt bench soak clean promtool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ fmt: install
 
 bench: install
 	$(BIN)/python -m tests.bench
+
+# Ten minutes of steady mixed load: the server's RSS and p99 per 30 s (not in CI).
+soak: install
+	$(BIN)/python -m tests.bench.soak --seconds 600
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
