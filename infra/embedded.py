@@ -4,6 +4,7 @@ data in the given directory between runs.
 """
 
 import atexit
+import json
 import logging
 import os
 import shutil
@@ -11,7 +12,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Self
@@ -206,9 +209,10 @@ def _free_port() -> int:
 
 
 class EmbeddedNats(_Server):
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, args: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.args = tuple(args)  # more nats-server options (a cluster node's)
         self.url = f"nats://127.0.0.1:{port}"
         self.log_path = data_dir / "nats-server.log"
         self._pid_path = data_dir / "nats-server.pid"
@@ -222,7 +226,7 @@ class EmbeddedNats(_Server):
             raise RuntimeError(f"port {self.port} is already in use; cannot start nats-server")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [_nats_binary(), "-js", "-sd", str(self.data_dir / "jetstream"), "-a", "127.0.0.1"]
-        cmd += ["-p", str(self.port), "-P", str(self._pid_path)]
+        cmd += ["-p", str(self.port), "-P", str(self._pid_path), *self.args]
         with self.log_path.open("ab") as log:
             # New session: a terminal Ctrl-C reaches only us, so we shut the server down in order.
             self._proc = subprocess.Popen(
@@ -305,3 +309,74 @@ def start_nats(data_dir: Path, port: int | None = None) -> EmbeddedNats:
     nats = EmbeddedNats(data_dir.expanduser().resolve(), port or _free_port())
     nats.start()
     return nats
+
+
+class NatsCluster(_Server):
+    """A JetStream cluster of nats-server nodes on loopback, each with its own store.
+
+    For tests of what a cluster does when a node dies: `nodes[i].kill()` and
+    `nodes[i].start()` crash and bring back one node with its store.
+    """
+
+    def __init__(self, nodes: list[EmbeddedNats], names: list[str], monitor: list[int]) -> None:
+        self.nodes = nodes
+        self.names = names
+        self._monitor = monitor
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated, as CARNET_NATS_URL takes them."""
+        return ",".join(node.url for node in self.nodes)
+
+    def node(self, name: str) -> EmbeddedNats:
+        return self.nodes[self.names.index(name)]
+
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader that every running node agrees on, if any."""
+        seen = set()
+        for node, port in zip(self.nodes, self._monitor, strict=True):
+            if node.pid is None:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=1) as answer:
+                    seen.add(json.load(answer).get("meta_cluster", {}).get("leader"))
+            except (OSError, ValueError):
+                return None
+        return seen.pop() if len(seen) == 1 and None not in seen else None
+
+    def wait_for_meta_leader(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while (leader := self.meta_leader()) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no JetStream meta leader within {timeout}s")
+            time.sleep(0.1)
+        return leader
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_nats_cluster(data_dir: Path, size: int = 3, name: str = "carnet") -> NatsCluster:
+    """Start `size` JetStream nodes routed to each other; return once they have a meta leader.
+
+    Stops whatever it started if the cluster does not come up.
+    """
+    data_dir = data_dir.expanduser().resolve()
+    client, route, monitor = ([_free_port() for _ in range(size)] for _ in range(3))
+    names = [f"{name}-{i}" for i in range(size)]
+    nodes = []
+    for i in range(size):
+        routes = ",".join(f"nats://127.0.0.1:{route[j]}" for j in range(size) if j != i)
+        args = ["-n", names[i], "--cluster_name", name, "-m", str(monitor[i])]
+        args += ["--cluster", f"nats://127.0.0.1:{route[i]}", "--routes", routes]
+        nodes.append(EmbeddedNats(data_dir / names[i], client[i], args))
+    cluster = NatsCluster(nodes, names, monitor)
+    try:
+        for node in nodes:
+            node.start()
+        cluster.wait_for_meta_leader()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster

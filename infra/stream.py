@@ -4,6 +4,7 @@ Shared by the relay (infra/relay.py), which writes the stream, and the
 NATS-fed projection workers (infra/nats_worker.py), which read it.
 """
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from infra.eventstore import Checkpoint, RecordedEvent
+
+log = logging.getLogger("carnet.stream")
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +81,9 @@ decode_envelope = msgspec.msgpack.Decoder(Envelope).decode
 class StreamNames:
     stream: str = "CARNET"
     duplicate_window: float = 120.0  # seconds; JetStream's default
+    # Copies JetStream keeps of each message (1, or 3 or 5 on a cluster); set when the
+    # stream is created, so an existing stream keeps its own (see ensure_stream).
+    replicas: int = 1
 
     @property
     def prefix(self) -> str:
@@ -93,13 +99,31 @@ class StreamNames:
 
 
 async def ensure_stream(js: JetStreamContext, names: StreamNames) -> None:
+    """Create the stream if it does not exist; leave an existing one as it is.
+
+    Only a stream that is not there is created: a cluster that cannot answer
+    (no leader for a moment) raises, rather than meet an add_stream that might
+    clash with the stream's real configuration. An existing stream with other
+    replicas than asked keeps them (changing them is an operator's `nats stream
+    edit`); the relay says so.
+    """
     try:
-        await js.stream_info(names.stream)
-    except Exception:
+        info = await js.stream_info(names.stream)
+    except NotFoundError:
         await js.add_stream(
             name=names.stream,
             subjects=[names.all_subjects],
             duplicate_window=names.duplicate_window,
+            num_replicas=names.replicas,
+        )
+        return
+    held = info.config.num_replicas or 1
+    if held != names.replicas:
+        log.warning(
+            "stream %s has %s replicas, not the %s asked for; it keeps them",
+            names.stream,
+            held,
+            names.replicas,
         )
 
 

@@ -2,8 +2,10 @@
 
 Ours: `Relay(pool, nc, names).catch_up()` of a realistic log (tests/bench/history.py) to a
 fresh stream: read 500 committed events (EventStore.read_after), encode each envelope
-(msgpack), `js.publish_async` each with `Nats-Msg-Id` = its position, await the 500
-PubAcks, save the checkpoint, again until the log is published.
+(msgpack), publish each with `Nats-Msg-Id` = its position and the fencing header
+(`Nats-Expected-Last-Sequence` on the first, `Nats-Expected-Last-Msg-Id` on the others)
+through the relay's `Acks` (`nc.publish` with a reply inbox, one future per batch), await
+the 500 PubAcks, save the checkpoint, again until the log is published.
 Baseline: the same payloads, prepared beforehand, to the same subjects with the same
 `Nats-Msg-Id` headers, through `js.publish_async` from the same connection, awaited in
 batches of the same size; nothing else.
