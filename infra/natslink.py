@@ -52,7 +52,9 @@ class NatsLink:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
 
-    async def close(self) -> None:
+    async def close(self, within: float = 5.0) -> None:
+        """Close the connection; a server that stopped reading cannot make it hang."""
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await self.nc.close()
+                async with asyncio.timeout(within):
+                    await self.nc.close()

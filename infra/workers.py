@@ -4,6 +4,8 @@ verification), started together and cancelled together."""
 
 import asyncio
 import contextlib
+import io
+import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -15,6 +17,8 @@ from infra.sampler import SAMPLE_EVERY, VERIFY_EVERY, sampling
 from infra.stream import StreamNames
 from infra.waker import Waker
 from projections import all_projections
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -49,9 +53,26 @@ async def background(
         ):
             yield tasks
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _stop(tasks, database_timeout + 3)
+
+
+async def _stop(tasks: list[asyncio.Task[None]], within: float) -> None:
+    """Cancel the tasks and wait for them, within a bound: a task cancelled in the
+    middle of a query can wait for ever on its cancel confirmation from a stuck
+    server, and a stop must not hang with it. What is left is named in the log
+    (with where it waits) and is ended when its pool is closed or terminated."""
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=within) if tasks else (set(), set())
+    for task in pending:
+        stack = io.StringIO()
+        task.print_stack(limit=8, file=stack)
+        log.error(
+            "background task %s did not stop within %.0f s:\n%s",
+            task.get_name(),
+            within,
+            stack.getvalue(),
+        )
 
 
 async def _relay(

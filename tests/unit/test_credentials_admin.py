@@ -13,7 +13,10 @@ from tests.unit.fakes import FakeRepository, FakeTokenStore
 
 ROOT = Actor(ActorKind.ADMIN, uuid4())
 META = Metadata(actor_kind="admin", actor_id="unit")
-NOW = datetime(2026, 12, 1, 8, tzinfo=UTC)
+# The rotation keeps the period between the token's issue (its event's timestamp, real
+# time) and its expiry (from this clock), so the clock must tell the real time: a fixed
+# date here made the test fail on any other day.
+NOW = datetime.now(UTC)
 
 
 class Clock:
