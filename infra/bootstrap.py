@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import psutil  # type: ignore[import-untyped]
 
+from infra.admission import PostgresAdmission
 from infra.deadlines import bounded
 from infra.eventstore import EventStore
 from infra.http.keys import Services
@@ -205,13 +206,28 @@ def build_services(
     return Services(
         booking=BookingService(repo, clock),
         directory=DirectoryService(repo, clock),
-        credentials=CredentialService(repo, clock, PostgresTokenStore(repo.store, repo.mapper)),
+        credentials=CredentialService(
+            repo, clock, PostgresTokenStore(repo.store, repo.mapper), _admission(pool, settings)
+        ),
         queries=QueryService(read, clock, lambda actor, pid: scopes_of(repo, actor, pid)),
         read=read,
-        ledger=ledger or Ledger(repo.store, mapper=repo.mapper),
+        ledger=ledger
+        or Ledger(
+            repo.store,
+            mapper=repo.mapper,
+            shards=settings.ledger_shards,
+            anchor_interval=settings.ledger_anchor_seconds,
+            anchor_file=Path(settings.ledger_anchor_file) if settings.ledger_anchor_file else None,
+        ),
         clock=clock,
         checks={"database": database, "nats": nats_check},
     )
+
+
+def _admission(pool: asyncpg.Pool, settings: Settings) -> PostgresAdmission:
+    """The shared budgets; their rows matter for a bucket's refill or a window."""
+    keep = max(settings.rate_burst / settings.rate_per_second, settings.enumeration_window)
+    return PostgresAdmission(pool, settings.database_timeout, keep_seconds=max(keep, 60.0))
 
 
 @contextlib.asynccontextmanager

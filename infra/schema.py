@@ -95,6 +95,38 @@ CREATE INDEX IF NOT EXISTS events_by_bootstrap ON {SCHEMA}.events (position)
     WHERE metadata ->> 'actor_id' = 'bootstrap';
 """
 
+# Step 5: what every HTTP worker shares to admit a request (infra/admission.py):
+# one rate bucket per token and one window of not-found/denied look-ups per
+# token. UNLOGGED: no WAL, so their commits wait for no fsync. PostgreSQL
+# empties them after a crash (and a standby has none): buckets are then full
+# again and windows start afresh, which grants at most one burst more per token.
+ADMISSION = f"""
+CREATE UNLOGGED TABLE IF NOT EXISTS {SCHEMA}.rate_buckets (
+    token_id uuid PRIMARY KEY,
+    tokens double precision NOT NULL,
+    at timestamptz NOT NULL,
+    granted boolean NOT NULL
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS {SCHEMA}.enumeration_windows (
+    token_id uuid PRIMARY KEY,
+    hits timestamptz[] NOT NULL,
+    last_at timestamptz NOT NULL,
+    crossed bigint NOT NULL DEFAULT 0
+);
+"""
+
+
+# The access ledger's shard leases (infra/ledger.py): which process writes which
+# chain until when. Not evidence, only who should write: the chains' own rows
+# keep each one linear, and verification does not trust this table.
+LEDGER_SHARDS = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.ledger_shards (
+    shard integer PRIMARY KEY CHECK (shard >= 0),
+    holder text,
+    lease_until timestamptz NOT NULL DEFAULT '-infinity'
+);
+"""
+
 # (version, name, SQL): version n is STEPS[n - 1]. Data steps (no SQL, code
 # that writes events) are listed in infra/migrations.py by the same numbers.
 STEPS: list[tuple[int, str, str | None]] = [
@@ -102,5 +134,8 @@ STEPS: list[tuple[int, str, str | None]] = [
     (2, "care relationships from past bookings", None),
     (3, "admin bootstrap record and indexes for the start checks", ADMIN_BOOTSTRAP),
     (4, "grant index, filled from the grants already given", None),
+    (5, "shared rate buckets and enumeration windows (unlogged)", ADMISSION),
+    (6, "access ledger shard leases", LEDGER_SHARDS),
+    (7, "access index and access log keyed by log position, rebuilt", None),
 ]
 LATEST = STEPS[-1][0]

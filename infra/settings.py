@@ -61,6 +61,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # /metrics; port 0: they serve none. The HTTP server serves its own.
     metrics_host: Host = "127.0.0.1"
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    # HTTP worker processes of `carnet run` / `carnet serve` on one port
+    # (SO_REUSEPORT), each with its own pool of pool_min..pool_max connections.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # The access ledger's chains and its anchors (infra/ledger.py).
+    ledger_shards: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    ledger_anchor_seconds: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
+    ledger_anchor_file: Annotated[str, msgspec.Meta(max_length=4096)] = ""  # "": none
+    # JetStream replicas of the stream the relay creates (1 on a single server).
+    stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
 
     def __post_init__(self) -> None:
         # A read-your-writes wait gets what the request timeout leaves after one
@@ -408,4 +417,6 @@ def shown(name: str, value: object) -> str:
         return _inert(masked_url(str(value)))
     if isinstance(value, bool):
         return str(value).lower()
+    if value == "":
+        return "(none)"
     return _inert(str(value))

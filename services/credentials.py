@@ -13,14 +13,17 @@ from services.actors import Actor, ActorKind
 from services.common import get_or_404, require, retrying
 from services.policy import Action, Kind, Resource, allowed
 from services.ports import (
+    Admission,
     Clock,
     GrantQuery,
     GrantRow,
     Metadata,
+    RateLimit,
     Repository,
     TokenQuery,
     TokenRow,
     TokenStore,
+    TokenView,
 )
 
 TOKEN_PREFIX = "carnet_"
@@ -39,11 +42,36 @@ class IssuedToken:
     replaces: UUID | None = None  # a rotation: the token it replaced, now revoked
 
 
+@dataclass(frozen=True)
+class Admittance:
+    """What a request's bearer token allows, from one look-up that also charged it.
+
+    `actor`: the actor of an active, unexpired token (None otherwise).
+    `holder`: whom a known token names, usable or not (None: no such token),
+    since refusals are recorded against it. `wait`: 0 if the token's budget
+    paid for this request, else the seconds until it will (nothing is taken
+    from an unknown token: it has no budget).
+    """
+
+    actor: Actor | None
+    holder: Actor | None
+    wait: float = 0.0
+
+
 class CredentialService:
-    def __init__(self, repo: Repository, clock: Clock, tokens: TokenStore) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        clock: Clock,
+        tokens: TokenStore,
+        admission: Admission | None = None,
+    ) -> None:
         self.repo = repo
         self.clock = clock
         self.tokens = tokens
+        # The shared budgets; only the HTTP edge admits requests, so the
+        # commands that manage tokens are built without one.
+        self.admission = admission
 
     # -- tokens ------------------------------------------------------------
 
@@ -145,25 +173,44 @@ class CredentialService:
 
         return await retrying(attempt)
 
+    def _admission(self) -> Admission:
+        if self.admission is None:
+            raise RuntimeError("this CredentialService was built without an admission adapter")
+        return self.admission
+
+    async def admit(self, secret: str, limit: RateLimit) -> Admittance:
+        """Authenticate and charge the token's shared budget, in one round trip.
+
+        The token's state is read fresh every time (no cache), so a token
+        suspended or revoked by any process is refused by all from the next
+        request.
+        """
+        admitted = await self._admission().admit(hash_token(secret), limit)
+        view = admitted.view
+        if view is None:
+            return Admittance(None, None)
+        holder = _actor_of(view)
+        return Admittance(holder if self._usable(view) else None, holder, admitted.wait)
+
+    async def count_miss(self, token_id: UUID, limit: int, window_seconds: float) -> int | None:
+        """A not-found/denied look-up, counted across every process; the count
+        once when it reaches `limit` in the window (report_enumeration then)."""
+        return await self._admission().miss(token_id, limit, window_seconds)
+
+    def _usable(self, view: TokenView) -> bool:
+        if view.state != "active":
+            return False
+        return view.expires_at is None or self.clock.now() < view.expires_at
+
     async def holder(self, secret: str) -> Actor | None:
         """Whom a token names, usable or not: refusals are recorded against it."""
         view = await self.tokens.find(hash_token(secret))
-        if view is None:
-            return None
-        return _actor(
-            view.token_id, view.actor_kind, view.actor_id, view.establishment_id, view.display_name
-        )
+        return _actor_of(view) if view is not None else None
 
     async def authenticate(self, secret: str) -> Actor | None:
         """The actor behind an active, unexpired token; None otherwise."""
         view = await self.tokens.find(hash_token(secret))
-        if view is None or view.state != "active":
-            return None
-        if view.expires_at is not None and self.clock.now() >= view.expires_at:
-            return None
-        return _actor(
-            view.token_id, view.actor_kind, view.actor_id, view.establishment_id, view.display_name
-        )
+        return _actor_of(view) if view is not None and self._usable(view) else None
 
     async def _token(self, token_id: UUID) -> Token:
         token = await self.repo.get(Token, token_id)
@@ -312,6 +359,12 @@ def _issued(secret: str, token: Token, position: int, replaces: UUID | None = No
         ),
         position,
         replaces,
+    )
+
+
+def _actor_of(view: TokenView) -> Actor:
+    return _actor(
+        view.token_id, view.actor_kind, view.actor_id, view.establishment_id, view.display_name
     )
 
 

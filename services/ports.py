@@ -63,6 +63,9 @@ class Repository(Protocol):
     async def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """The aggregate as of its latest event, or None if it has none."""
 
+    async def get_many(self, wanted: Sequence[tuple[type[A], UUID]]) -> list[A | None]:
+        """Each (class, id) as `get` would answer it, in order, in one round trip."""
+
     async def save(
         self,
         aggregates: Sequence[Aggregate],
@@ -327,3 +330,42 @@ class ReadModels(Protocol):
 
     async def ledger_entries(self, query: LedgerQuery) -> list[tuple[int, AccessRecord]]:
         """Access-ledger entries (sequence, record) matching the query, in order."""
+
+
+# -- admission: the shared rate limit and enumeration counters ---------------
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """One token's budget: `burst` requests at once, refilled at `rate_per_second`."""
+
+    rate_per_second: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request's bearer token, looked up and charged in one step.
+
+    `view` is None for a hash no token has (nothing is charged then); `wait`
+    is 0 when the request was granted one unit of its token's budget, else
+    the seconds until one will be there (nothing was taken).
+    """
+
+    view: TokenView | None
+    wait: float = 0.0
+
+
+class Admission(Protocol):
+    """The per-token budgets every worker shares (infra/admission.py).
+
+    Shared, so that N processes grant what one would: the sum granted to a
+    token by every process never exceeds burst + rate x elapsed.
+    """
+
+    async def admit(self, token_hash: bytes, limit: RateLimit) -> Admitted:
+        """Look the token up, fresh, and take one unit from its bucket if it exists."""
+
+    async def miss(self, token_id: UUID, limit: int, window_seconds: float) -> int | None:
+        """Count a not-found/denied look-up; the count, once, when it reaches `limit`
+        within `window_seconds` (the window then starts again)."""

@@ -22,6 +22,7 @@ from infra.http.throttle import THROTTLE, too_many
 from infra.http.wire import PROBLEM_BASE, HTTPProblem, problem_response
 from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS, THROTTLED
 from infra.pgerrors import database_unavailable
+from services.credentials import Admittance
 from services.ports import LedgerUnavailable
 
 log = logging.getLogger("carnet.http")
@@ -168,21 +169,22 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     # Tokens are printable ASCII: any other bytes name no token (and would not
     # even encode), so they get the unknown token's answer without a look-up.
     known_form = secret.isascii() and secret.isprintable() and len(secret) <= 512
-    actor = await credentials.authenticate(secret) if known_form else None
-    if actor is None:
-        # A known token that may no longer be used (revoked, suspended, expired):
-        # its attempts on personal data are still accesses to record.
-        holder = await credentials.holder(secret) if known_form else None
+    # One statement: the token's row, read fresh, and one unit of its shared
+    # budget taken (infra/admission.py). A known token that may no longer be
+    # used (revoked, suspended, expired) pays too: its attempts on personal
+    # data are still accesses to record, each a ledger write, and its rate
+    # limit bounds them; past it nothing more is written.
+    limit = request.app[THROTTLE].policy.limit
+    admitted = await credentials.admit(secret, limit) if known_form else Admittance(None, None)
+    if admitted.wait:
+        # No access entry: otherwise the limit would bound nothing the ledger pays.
+        THROTTLED.labels("rate").inc()
+        raise too_many(admitted.wait, "slow down")
+    if admitted.actor is None:
+        holder = admitted.holder
         audit = audit_of(request)
-        if holder is not None and holder.token_id is not None:
-            # Each of these refusals costs a ledger write: the token's own
-            # rate limit bounds them, and past it nothing more is written.
-            wait = request.app[THROTTLE].take(holder.token_id)
-            if wait:
-                THROTTLED.labels("rate").inc()
-                raise too_many(wait, "slow down")
-            if audit is not None:
-                await record_refusal(request, holder, audit, "denied")
+        if holder is not None and holder.token_id is not None and audit is not None:
+            await record_refusal(request, holder, audit, "denied")
         raise HTTPProblem(
             401,
             "unauthenticated",
@@ -190,5 +192,5 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             field="Authorization",
             headers={"WWW-Authenticate": 'Bearer realm="carnet", error="invalid_token"'},
         )
-    request[ACTOR] = actor
+    request[ACTOR] = admitted.actor
     return await handler(request)

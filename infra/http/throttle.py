@@ -1,11 +1,12 @@
-"""Per-actor rate limits and the enumeration defence.
+"""Per-actor rate limits and the enumeration defence, shared by every worker.
 
 A token bucket per token answers 429 with Retry-After when an actor goes too
 fast. Every request that costs an access-ledger write pays from it, so
 flooding cannot grow the ledger faster than the rate: an active token's
-requests here, and a revoked, suspended or expired token's 401s (each writes
-a `denied` entry) in `middleware.authenticate`. A 429 writes no entry: the
-request reached no handler and disclosed nothing.
+requests, and a revoked, suspended or expired token's 401s (each writes a
+`denied` entry). Both are charged in `middleware.authenticate`, by the same
+statement that looks the token up (CredentialService.admit). A 429 writes no
+entry: the request reached no handler and disclosed nothing.
 
 Separately, not-found and denied object look-ups are counted per token in a
 sliding window: a burst of them (the 2020 attack: walking other people's
@@ -15,13 +16,13 @@ suspended, only flagged: it may see every object, so its misses are ids
 that exist nowhere, and suspending it would lock out administration (lifting
 suspensions, issuing tokens) until someone ran the CLI on the server.
 
-State is per process: with several workers each enforces its own share.
+No state is kept here: buckets and windows live in PostgreSQL
+(infra/admission.py), so N workers, on one machine or several, grant what
+one would, and a token suspended by one is refused by all at its next request.
 """
 
 import logging
 import math
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -33,7 +34,7 @@ from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
 from infra.http.wire import HTTPProblem
 from infra.metrics import ENUMERATION_SUSPECTED, THROTTLED, TOKEN_SUSPENSIONS
 from services.actors import ActorKind
-from services.ports import Metadata
+from services.ports import Metadata, RateLimit
 
 log = logging.getLogger("carnet.throttle")
 
@@ -48,46 +49,16 @@ class ThrottlePolicy:
     enumeration_window: float = 60.0  # …within this many seconds
     suspend_on_enumeration: bool = True
 
-
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
+    @property
+    def limit(self) -> RateLimit:
+        return RateLimit(self.rate_per_second, self.burst)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Throttle:
+    """The app's policy; the counts it applies to are in the database."""
+
     policy: ThrottlePolicy = field(default_factory=ThrottlePolicy)
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[UUID, _Bucket] = field(default_factory=dict)
-    _misses: dict[UUID, deque[float]] = field(default_factory=dict)
-
-    def take(self, key: UUID) -> float:
-        """0 if the request may go ahead, else the seconds to wait."""
-        now = self.clock()
-        bucket = self._buckets.setdefault(key, _Bucket(float(self.policy.burst), now))
-        bucket.tokens = min(
-            float(self.policy.burst),
-            bucket.tokens + (now - bucket.at) * self.policy.rate_per_second,
-        )
-        bucket.at = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / self.policy.rate_per_second
-
-    def miss(self, key: UUID) -> int | None:
-        """Count a not-found/denied look-up; the count when it crosses the limit."""
-        now = self.clock()
-        window = self._misses.setdefault(key, deque())
-        window.append(now)
-        while window and window[0] < now - self.policy.enumeration_window:
-            window.popleft()
-        if len(window) >= self.policy.enumeration_misses:
-            count = len(window)
-            window.clear()
-            return count
-        return None
 
 
 THROTTLE = web.AppKey("throttle", Throttle)
@@ -106,15 +77,12 @@ def too_many(retry_after: float, detail: str) -> HTTPProblem:
 
 @web.middleware
 async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the misses of an authenticated request (its rate was charged as it
+    was authenticated: one statement for both, see middleware.authenticate)."""
     actor = request.get(ACTOR)
     if actor is None or actor.token_id is None:
         return await handler(request)
     limiter = request.app[THROTTLE]
-    wait = limiter.take(actor.token_id)
-    if wait:
-        # No access entry: otherwise the limit would bound nothing the ledger pays.
-        THROTTLED.labels("rate").inc()
-        raise too_many(wait, "slow down")
     try:
         response = await handler(request)
     except (NotFound, Forbidden):
@@ -130,11 +98,14 @@ async def throttle(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def _count_miss(request: web.Request, limiter: Throttle, token_id: UUID) -> None:
-    misses = limiter.miss(token_id)
+    policy = limiter.policy
+    credentials = request.app[SERVICES].credentials
+    misses = await credentials.count_miss(
+        token_id, policy.enumeration_misses, policy.enumeration_window
+    )
     if misses is None:
         return
     ENUMERATION_SUSPECTED.inc()
-    policy = limiter.policy
     actor = request[ACTOR]
     # An admin is flagged, never suspended (see the module's docstring).
     suspend = policy.suspend_on_enumeration and actor.kind is not ActorKind.ADMIN
@@ -145,9 +116,7 @@ async def _count_miss(request: web.Request, limiter: Throttle, token_id: UUID) -
         request_id=request[REQUEST_ID],
         token_id=str(token_id),
     )
-    await request.app[SERVICES].credentials.report_enumeration(
-        meta, token_id, misses, policy.enumeration_window, suspend
-    )
+    await credentials.report_enumeration(meta, token_id, misses, policy.enumeration_window, suspend)
     if suspend:
         TOKEN_SUSPENSIONS.inc()
     THROTTLED.labels("enumeration").inc()

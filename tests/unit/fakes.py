@@ -34,9 +34,18 @@ class FakeRepository:
         self.position = 0
         self.saves: list[Metadata] = []
         self.positions: dict[tuple[UUID, int], int] = {}  # (aggregate, version) -> position
+        self.reads = 0  # get/get_many calls: the round trips a real store would make
+        self.lookups = 0  # idempotent_result calls
 
     async def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        return (await self.get_many([(cls, aggregate_id)]))[0]
+
+    async def get_many(self, wanted: Sequence[tuple[type[A], UUID]]) -> list[A | None]:
+        self.reads += 1  # one round trip, however many aggregates
         await asyncio.sleep(0)  # let concurrent use cases interleave, as on a real server
+        return [self._replay(cls, aggregate_id) for cls, aggregate_id in wanted]
+
+    def _replay(self, cls: type[A], aggregate_id: UUID) -> A | None:
         aggregate: Any = None
         for event in self.events.get(aggregate_id, []):
             aggregate = copy.deepcopy(event).mutate(aggregate)
@@ -69,6 +78,7 @@ class FakeRepository:
         return self.position
 
     async def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
+        self.lookups += 1
         return self.keys.get((scope, key))
 
 

@@ -32,7 +32,7 @@ async def test_a_task_that_ignores_its_cancellation_does_not_hang_the_stop(caplo
     assert not tasks[0].done()
     assert "background task stuck did not stop" in caplog.text
     assert "in stuck" in caplog.text  # where it waits
-    tasks[0].get_coro().close()  # type: ignore[union-attr]
+    tasks[0].get_coro().close()
 
 
 @pytest.mark.parametrize("count", [0, 3])
