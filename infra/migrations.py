@@ -22,9 +22,11 @@ import asyncpg
 
 from infra.backfill import run_once
 from infra.eventstore import EventStore
+from infra.projector import Projector
 from infra.repository import PostgresRepository
 from infra.schema import BOOKKEEPING, LATEST, SCHEMA, STEPS, VERSIONS
 from infra.tokens import ensure_grant_index
+from projections import AccessIndexProjection, AccessLogProjection
 
 # The same key as the unversioned schema took, so an older Carnet starting
 # beside this one waits for it too.
@@ -63,7 +65,37 @@ async def _grant_index(pool: asyncpg.Pool) -> None:
         await ensure_grant_index(conn)
 
 
-DATA: dict[int, Callable[[asyncpg.Pool], Awaitable[None]]] = {2: _backfill, 4: _grant_index}
+_REKEYED = "access models keyed by log position"
+
+
+async def _rekey_access_models(pool: asyncpg.Pool) -> None:
+    """Rebuild the access index and access log: their sequence is now a log position.
+
+    A rebuild fills shadow tables and swaps them in; on an empty log it is
+    cheap. Both read models answer from the old keys until it is done. Two
+    processes migrating at once take turns on a lock; the second finds it done.
+    """
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1, 7)", SCHEMA_LOCK)
+        try:
+            done = f"SELECT 1 FROM {SCHEMA}.migrations WHERE name = $1"
+            if await conn.fetchval(done, _REKEYED):
+                return
+            for projection in (AccessIndexProjection(), AccessLogProjection()):
+                await Projector(pool, projection).rebuild()
+            await conn.execute(
+                f"INSERT INTO {SCHEMA}.migrations (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                _REKEYED,
+            )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1, 7)", SCHEMA_LOCK)
+
+
+DATA: dict[int, Callable[[asyncpg.Pool], Awaitable[None]]] = {
+    2: _backfill,
+    4: _grant_index,
+    7: _rekey_access_models,
+}
 
 
 async def schema_version(

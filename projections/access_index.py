@@ -4,8 +4,9 @@ Fed by the access ledger, it only finds entries; the entries themselves are
 read back from the log (infra/access_index.py), which is the evidence. Two
 tables:
 
-- `entries`, one row per ledger entry (its sequence, the entry's
-  originator_version), with who, from where, what and how it ended;
+- `entries`, one row per ledger entry (its sequence: the entry event's log
+  position, unique across the ledger's shards), with who, from where, what
+  and how it ended;
 - `items`, the records and patients each entry names (with the entry's
   token and time again, for the record list of a token: see the DDL): one row per
   disclosure item; for an entry without items (a refusal, a write-ahead
@@ -34,6 +35,9 @@ from projections.base import Op, as_json
 from projections.common import kind
 
 KEY_LIMIT = 500
+# The log (infra/schema.py): an event handed to a projection carries its shard
+# and version but not its position, which the statement looks up by them.
+LOG = "carnet.events"
 # Selectors (path ids, query parameters) that name a controller or a practitioner.
 _SELECTED = ("practitioner_id", "establishment_id")
 
@@ -101,6 +105,8 @@ def rows(record: AccessRecord) -> list[Row]:
 
 
 class AccessIndexProjection:
+    """Keyed by log position since the ledger has shards (schema step 7 rebuilt it)."""
+
     name = "access_index"
     tables: tuple[str, ...] = ("entries", "items")
     reads_ledger = True
@@ -153,15 +159,19 @@ class AccessIndexProjection:
         # batch of them as one pipelined executemany.
         return [
             Op(
-                f"""WITH entry AS (
-                    INSERT INTO {t["entries"]} VALUES
-                        ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                f"""WITH pos AS (
+                    SELECT position AS sequence FROM {LOG}
+                    WHERE originator_id = $24::uuid AND originator_version = $1::int
+                ), entry AS (
+                    INSERT INTO {t["entries"]} SELECT
+                        pos.sequence, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
+                    FROM pos
                     ON CONFLICT DO NOTHING)
                 INSERT INTO {t["items"]}
-                SELECT $1, u.ord, u.record_id, u.patient_id, u.identified, u.disclosed,
+                SELECT pos.sequence, u.ord, u.record_id, u.patient_id, u.identified, u.disclosed,
                     u.practitioner_id, u.establishment_id,
                     ARRAY(SELECT jsonb_array_elements_text(u.fields::jsonb)), $5, $2
-                FROM unnest($16::int[], $17::text[], $18::text[], $19::boolean[],
+                FROM pos, unnest($16::int[], $17::text[], $18::text[], $19::boolean[],
                     $20::boolean[], $21::text[], $22::text[], $23::text[])
                     AS u(ord, record_id, patient_id, identified, disclosed,
                         practitioner_id, establishment_id, fields)
@@ -190,6 +200,7 @@ class AccessIndexProjection:
                     [key(x.practitioner_id) for x in found],
                     [key(x.establishment_id) for x in found],
                     [as_json(list(x.fields)) for x in found],
+                    event.originator_id,
                 ),
             )
         ]

@@ -2,12 +2,14 @@
 
 Fed by the access ledger. Actors are named as a person would know them (the
 practitioner, the establishment's desk, the software's name), from the
-tokens' own events; token ids never reach this table.
+tokens' own events; token ids never reach this table. An entry's sequence is
+its event's log position (unique across the ledger's shards).
 """
 
 from collections.abc import Mapping
 from typing import Any
 
+from projections.access_index import LOG
 from projections.base import Op
 from projections.common import kind
 
@@ -66,14 +68,16 @@ class AccessLogProjection:
                 return [
                     Op(
                         f"""INSERT INTO {t["entries"]}
-                        SELECT $1, p::uuid, $3,
+                        SELECT pos.position, p::uuid, $3,
                             CASE WHEN $10 = 'patient' THEN
                                 CASE WHEN p = $11 THEN 'You' ELSE 'Another patient account' END
                             ELSE coalesce(
                                 (SELECT label FROM {t["actors"]} WHERE token_id = $4::uuid), $5)
                             END,
                             $6, $7, $8, $9, named
-                        FROM unnest($2::text[], $12::boolean[]) AS u(p, named)
+                        FROM (SELECT position FROM {LOG}
+                            WHERE originator_id = $13::uuid AND originator_version = $1::int) pos,
+                            unnest($2::text[], $12::boolean[]) AS u(p, named)
                         ON CONFLICT DO NOTHING""",
                         (
                             event.originator_version,
@@ -88,6 +92,7 @@ class AccessLogProjection:
                             record.actor_kind,
                             record.actor_id,
                             identified,
+                            event.originator_id,
                         ),
                     )
                 ]

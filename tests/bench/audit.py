@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import asyncpg
 import msgspec
+from eventsourcing.utils import get_topic
 from prometheus_client.parser import text_string_to_metric_families
 
 from domain.ledger import GENESIS, LEDGER_ID, AccessRecord, AccessRecorded, link
@@ -39,7 +40,7 @@ from infra.codec import TypedMapper
 from infra.eventstore import EventStore
 from infra.http.keys import Services
 from infra.http.reads import AGENDA_FIELDS
-from infra.ledger import Ledger, _Waiting
+from infra.ledger import Ledger, _Shard, _Waiting
 from infra.projector import Projector
 from infra.schema import SCHEMA
 from infra.settings import Settings
@@ -191,21 +192,24 @@ def bucket_text(before: dict[str, float], after: dict[str, float]) -> str:
     )
 
 
+_LEDGER_TOPIC = get_topic(AccessRecorded)
+
+
 async def ledger_head(pool: asyncpg.Pool) -> int:
+    """The last ledger entry's sequence (log position), over every shard."""
     head = await pool.fetchval(
-        f"SELECT max(originator_version) FROM {SCHEMA}.events WHERE originator_id = $1",
-        LEDGER_ID,
+        f"SELECT max(position) FROM {SCHEMA}.events WHERE topic = $1", _LEDGER_TOPIC
     )
     return int(head or 0)
 
 
 async def batches_in_log(pool: asyncpg.Pool, after: int, upto: int) -> list[int]:
-    """The sizes of the ledger INSERTs that wrote versions after..upto: rows per transaction."""
+    """The sizes of the ledger INSERTs that wrote sequences after..upto: rows per transaction."""
     rows = await pool.fetch(
         f"""SELECT count(*) FROM {SCHEMA}.events
-        WHERE originator_id = $1 AND originator_version > $2 AND originator_version <= $3
-        GROUP BY tx ORDER BY min(originator_version)""",
-        LEDGER_ID,
+        WHERE topic = $1 AND position > $2 AND position <= $3
+        GROUP BY tx ORDER BY min(position)""",
+        _LEDGER_TOPIC,
         after,
         upto,
     )
@@ -350,8 +354,8 @@ class CountingLedger(Ledger):
             self.interval = interval
         self.sizes: list[int] = []
 
-    async def _write(self, batch: list[_Waiting]) -> None:
-        await super()._write(batch)
+    async def _write(self, shard: _Shard, batch: list[_Waiting]) -> None:
+        await super()._write(shard, batch)
         refused = [w for w in batch if not w.done.cancelled() and w.done.exception() is not None]
         if not refused:
             self.sizes.append(len(batch))

@@ -18,20 +18,20 @@ OUTCOME_OF_STATUS = {200: "allowed", 201: "allowed", 401: "denied", 403: "denied
 
 @dataclass
 class LedgerWatch:
-    """Remembers the chain's head so a test can ask what one call appended."""
+    """Remembers the ledger's last sequence so a test can ask what one call appended."""
 
     pool: asyncpg.Pool
     head: int = 0
 
     async def mark(self) -> None:
         chain = await read_chain(self.pool)
-        self.head = chain[-1].version if chain else 0
+        self.head = chain[-1].sequence if chain else 0
 
     async def new(self) -> list[Entry]:
         """The entries appended since the last mark (and mark again)."""
-        fresh = [e for e in await read_chain(self.pool) if e.version > self.head]
+        fresh = [e for e in await read_chain(self.pool) if e.sequence > self.head]
         if fresh:
-            self.head = fresh[-1].version
+            self.head = fresh[-1].sequence
         return fresh
 
 
@@ -46,7 +46,7 @@ def settled(entries: list[Entry]) -> list[Entry]:
     for ahead in (e for e in entries if e.record.outcome == "attempted"):
         assert ahead.record.action in ("create", "change", "delete"), ahead
         assert any(
-            e.version > ahead.version and e.record.request_id == ahead.record.request_id
+            e.sequence > ahead.sequence and e.record.request_id == ahead.record.request_id
             for e in done
         ), ahead
     return done

@@ -128,6 +128,9 @@ class ClaimSavedLate:
     async def get(self, cls: Any, aggregate_id: Any) -> Any:
         return await self.repo.get(cls, aggregate_id)
 
+    async def get_many(self, wanted: Any) -> Any:
+        return await self.repo.get_many(wanted)
+
     async def save(self, aggregates: Any, meta: Any, idempotency: Any = None) -> int:
         try:
             position: int = await self.repo.save(aggregates, meta, idempotency)

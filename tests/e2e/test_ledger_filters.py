@@ -35,7 +35,7 @@ class Incident:
 
 
 async def _last(pool: Any) -> int:
-    return (await read_chain(pool))[-1].version
+    return (await read_chain(pool))[-1].sequence
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from eventsourcing.utils import get_topic
 from prometheus_client import REGISTRY
 
-from domain.ledger import LEDGER_ID, AccessRecord, AccessRecorded, Finding, chain_hash
+from domain.ledger import LEDGER_ID, AccessRecord, AccessRecorded, Entry, Finding, chain_hash
 from infra.codec import TypedMapper
 from infra.eventstore import EventStore
 from infra.ledger import Ledger, LedgerUnavailable, read_chain, verify_ledger
@@ -46,11 +47,20 @@ async def ledger(pool: asyncpg.Pool) -> AsyncIterator[Ledger]:
 
 
 async def rows_per_insert(pool: asyncpg.Pool) -> list[int]:
+    """Ledger entries per transaction, over every shard."""
     counts = await pool.fetch(
-        f"SELECT count(*) FROM {SCHEMA}.events WHERE originator_id = $1 GROUP BY tx ORDER BY tx",
-        LEDGER_ID,
+        f"SELECT count(*) FROM {SCHEMA}.events WHERE topic = $1 GROUP BY tx ORDER BY tx",
+        get_topic(AccessRecorded),
     )
     return [int(c[0]) for c in counts]
+
+
+def gap_free(entries: list[Entry]) -> bool:
+    """Whether each shard's entries are numbered 1, 2, 3… (in sequence order)."""
+    by_shard: dict[int, list[int]] = {}
+    for e in entries:
+        by_shard.setdefault(e.shard, []).append(e.version)
+    return all(v == list(range(1, len(v) + 1)) for v in by_shard.values())
 
 
 # -- group commit -------------------------------------------------------------
@@ -61,12 +71,12 @@ async def test_concurrent_accesses_share_a_few_inserts_and_form_one_gap_free_cha
 
     numbers = await asyncio.gather(*(ledger.record(access(n)) for n in range(200)))
 
-    assert sorted(numbers) == list(range(1, 201))
     entries = await read_chain(pool)
-    assert [e.version for e in entries] == list(range(1, 201))
-    # Each caller got the number of the entry holding its own record.
-    by_version = {e.version: e.record for e in entries}
-    assert all(by_version[v] == access(n) for n, v in enumerate(numbers))
+    assert sorted(numbers) == [e.sequence for e in entries] and len(set(numbers)) == 200
+    assert gap_free(entries)
+    # Each caller got the sequence (log position) of the entry holding its own record.
+    by_sequence = {e.sequence: e.record for e in entries}
+    assert all(by_sequence[v] == access(n) for n, v in enumerate(numbers))
     assert await verify_ledger(pool) is None
     inserts = await rows_per_insert(pool)
     assert sum(inserts) == 200 and len(inserts) < 50, inserts
@@ -84,10 +94,12 @@ async def test_a_batch_never_exceeds_max_batch(pool):
 
 async def test_a_lone_access_is_written_at_once_in_its_own_insert(pool, ledger):
     started = asyncio.get_running_loop().time()
-    assert await ledger.record(access(1)) == 1
-    assert await ledger.record(access(2)) == 2
+    first = await ledger.record(access(1))
+    second = await ledger.record(access(2))
     assert asyncio.get_running_loop().time() - started < 1.0
+    assert 0 < first < second
     assert await rows_per_insert(pool) == [1, 1]
+    assert [e.sequence for e in await read_chain(pool)] == [first, second]
 
 
 async def test_closing_writes_what_is_pending_and_then_refuses_new_entries(pool):
@@ -96,7 +108,8 @@ async def test_closing_writes_what_is_pending_and_then_refuses_new_entries(pool)
     await asyncio.sleep(0)
     async with asyncio.timeout(5):
         await ledger.close()
-    assert sorted(await asyncio.gather(*waiting)) == [1, 2, 3, 4, 5]
+    numbers = await asyncio.gather(*waiting)
+    assert sorted(numbers) == [e.sequence for e in await read_chain(pool)] and len(numbers) == 5
     with pytest.raises(LedgerUnavailable):
         await ledger.record(access(6))
 
@@ -111,32 +124,113 @@ async def test_a_disabled_ledger_answers_at_once_and_writes_nothing(pool):
 # -- two processes ------------------------------------------------------------
 
 
-async def test_two_writers_on_one_chain_retry_on_conflict_and_keep_one_valid_chain(db_url, pool):
+async def test_two_processes_write_at_once_on_their_own_shards_and_every_chain_verifies(
+    db_url, pool
+):
+    other_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    first, second = Ledger(EventStore(pool)), Ledger(EventStore(other_pool))
+    conflicts = sample("carnet_version_conflicts_total")
+    try:
+        numbers = await asyncio.gather(
+            *(first.record(access(n, "a")) for n in range(300)),
+            *(second.record(access(n, "b")) for n in range(300)),
+            *(first.record(access(n, "c")) for n in range(5)),
+        )
+        held = first.held, second.held
+    finally:
+        await first.close()
+        await second.close()
+        await other_pool.close()
+
+    # Nobody was refused, and each process wrote its own chains.
+    assert len(held[0]) == len(held[1]) == 4 and not set(held[0]) & set(held[1]), held
+    assert sample("carnet_version_conflicts_total") == conflicts
+    entries = await read_chain(pool)
+    assert sorted(numbers) == [e.sequence for e in entries] and len(set(numbers)) == 605
+    assert gap_free(entries)
+    assert await verify_ledger(pool) is None
+    # Released on close: the next process reuses those shards, makes no new ones.
+    third = Ledger(EventStore(pool))
+    await third.record(access(1, "d"))
+    assert set(third.held) <= set(held[0]) | set(held[1])
+    await third.close()
+
+
+async def test_entries_become_visible_in_sequence_order_across_shards_and_processes(db_url, pool):
+    """A reader paging by sequence (GET /ledger's `after`) must never see an entry
+    appear below one it already saw. The index applies the log in (tx, position)
+    order, so across every shard and process the entries' transaction order must
+    be their position order: a batch takes its positions and commits in turn."""
     other_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
     first, second = Ledger(EventStore(pool)), Ledger(EventStore(other_pool))
     try:
-        # Both learn the head, then `first` moves it: `second`'s copy is stale.
-        assert await first.record(access(1, "a")) == 1
-        assert await second.record(access(1, "b")) == 2
-        assert await first.record(access(2, "a")) == 3
-        conflicts = sample("carnet_version_conflicts_total")
-        assert await second.record(access(2, "b")) == 4
-        assert sample("carnet_version_conflicts_total") == conflicts + 1
+        for _ in range(5):
+            await asyncio.gather(
+                *(first.record(access(n, "a")) for n in range(200)),
+                *(second.record(access(n, "b")) for n in range(200)),
+            )
+    finally:
+        await first.close()
+        await second.close()
+        await other_pool.close()
+    inverted = await pool.fetchval(
+        f"""SELECT count(*) FROM (
+            SELECT tx, lag(tx) OVER (ORDER BY position) AS before FROM {SCHEMA}.events
+            WHERE topic = $1) t WHERE tx < before""",
+        get_topic(AccessRecorded),
+    )
+    assert inverted == 0
 
-        # Then both write at once.
+
+async def test_two_writers_on_one_shard_retry_on_conflict_and_keep_one_valid_chain(db_url, pool):
+    # The same holder: both think they hold shard 0 (as after a lapsed lease).
+    other_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    first = Ledger(EventStore(pool), shards=1, holder="twin")
+    second = Ledger(EventStore(other_pool), shards=1, holder="twin")
+    try:
+        await first.record(access(1, "a"))
+        await second.record(access(1, "b"))
+        await first.record(access(2, "a"))  # `second`'s head is now stale
+        await second.record(access(2, "b"))
+        assert first.held == second.held == [0]
         numbers = await asyncio.gather(
-            *(first.record(access(n, "a")) for n in range(3, 203)),
-            *(second.record(access(n, "b")) for n in range(3, 203)),
+            *(first.record(access(n, "a")) for n in range(3, 103)),
+            *(second.record(access(n, "b")) for n in range(3, 103)),
         )
     finally:
         await first.close()
         await second.close()
         await other_pool.close()
 
-    assert sorted(numbers) == list(range(5, 405))
     entries = await read_chain(pool)
-    assert [e.version for e in entries] == list(range(1, 405))
+    assert [e.version for e in entries] == list(range(1, 205))
+    assert {e.shard for e in entries} == {0}
+    assert set(numbers) <= {e.sequence for e in entries}
     assert await verify_ledger(pool) is None
+
+
+async def test_a_dead_processs_shards_are_taken_over_once_its_lease_expires(db_url, pool):
+    dead_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    dead = Ledger(EventStore(dead_pool), shards=2, lease_seconds=1.0)
+    await asyncio.gather(*(dead.record(access(n, "dead")) for n in range(20)))
+    its_shards = dead.held
+    dead_pool.terminate()  # killed: no release, no renewal
+
+    meanwhile = Ledger(EventStore(pool), shards=2, lease_seconds=1.0)
+    await meanwhile.record(access(1, "meanwhile"))
+    assert not set(meanwhile.held) & set(its_shards)  # still leased: new numbers
+    await asyncio.sleep(1.5)
+    heir = Ledger(EventStore(pool), shards=2, lease_seconds=1.0)
+    try:
+        await asyncio.gather(*(heir.record(access(n, "heir")) for n in range(20)))
+        assert heir.held == its_shards
+    finally:
+        await heir.close()
+        await meanwhile.close()
+    entries = await read_chain(pool)
+    assert len(entries) == 41 and gap_free(entries)
+    assert await verify_ledger(pool) is None
+    assert await pool.fetchval(f"SELECT count(*) FROM {SCHEMA}.ledger_shards") == 4
 
 
 # -- fail-closed ----------------------------------------------------------------
@@ -150,7 +244,7 @@ async def test_while_the_database_refuses_connections_every_caller_is_refused_th
     admin = await asyncpg.connect(servers.database_url)
     ledger = Ledger(EventStore(pool))
     try:
-        assert await ledger.record(access(1)) == 1
+        first = await ledger.record(access(1))
         # Cut the database off: no new connections, existing ones killed.
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         await admin.execute(
@@ -166,7 +260,8 @@ async def test_while_the_database_refuses_connections_every_caller_is_refused_th
 
         # Back again: the next entry extends the chain where it was.
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        assert await ledger.record(access(22)) == 2
+        assert await ledger.record(access(22)) > first
+        assert [e.record for e in await read_chain(pool)] == [access(1), access(22)]
         assert await verify_ledger(pool) is None
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
@@ -177,7 +272,7 @@ async def test_while_the_database_refuses_connections_every_caller_is_refused_th
 
 async def test_a_write_that_hangs_is_refused_after_the_write_timeout(pool):
     ledger = Ledger(EventStore(pool), write_timeout=0.5)
-    assert await ledger.record(access(1)) == 1
+    await ledger.record(access(1))
     async with pool.acquire() as blocker, blocker.transaction():
         await blocker.execute(f"LOCK TABLE {SCHEMA}.events IN ACCESS EXCLUSIVE MODE")
         async with asyncio.timeout(5):
@@ -188,9 +283,13 @@ async def test_a_write_that_hangs_is_refused_after_the_write_timeout(pool):
     # access that was not disclosed is the safe mistake; the chain stays whole.
     third = await ledger.record(access(3))
     await ledger.close()
-    chain = [e.record for e in await read_chain(pool)]
-    assert chain in ([access(1), access(3)], [access(1), access(2), access(3)]), chain
-    assert third == len(chain)
+    chain = {e.sequence: e.record for e in await read_chain(pool)}
+    assert list(chain.values()) in (
+        [access(1), access(3)],
+        [access(1), access(2), access(3)],
+        [access(1), access(3), access(2)],
+    ), chain
+    assert chain[third] == access(3)
     assert await verify_ledger(pool) is None
 
 
@@ -213,9 +312,12 @@ async def test_a_ledger_whose_database_does_not_answer_refuses_at_once():
 
 
 @pytest.fixture
-async def ten_entries(pool, ledger) -> asyncpg.Pool:
+async def ten_entries(pool) -> asyncpg.Pool:
+    """Ten entries on one chain (shard 0)."""
+    ledger = Ledger(EventStore(pool), shards=1)
     for n in range(1, 11):
         await ledger.record(access(n))
+    await ledger.close()
     assert await verify_ledger(pool) is None
     return pool
 

@@ -75,6 +75,9 @@ async def test_bad_records_spread_over_many_batches_fail_alone(pool: asyncpg.Poo
     assert {n for n, r in enumerate(results) if isinstance(r, BaseException)} == bad
     assert all(isinstance(results[n], UnwritableEntry) for n in bad)
     chain = await read_chain(pool)
-    assert [e.version for e in chain] == list(range(1, 201 - len(bad)))
+    assert len(chain) == 200 - len(bad)
+    for shard in {e.shard for e in chain}:  # every shard's chain is gap-free
+        versions = [e.version for e in chain if e.shard == shard]
+        assert versions == list(range(1, len(versions) + 1))
     assert all("\udcff" not in e.record.user_agent for e in chain)
     assert await verify_ledger(pool) is None

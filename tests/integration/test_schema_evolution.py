@@ -3,7 +3,8 @@
 tests/fixtures/events-vN.jsonl hold one stored event of each event type, in the
 shapes of one release (v1: main at commit 9fe9e84, before issue 7; v2: issue 7,
 with care relationships and the patient's registering establishment; v3: issue 8,
-access entries with disclosure items, selectors, replay and as_of_tx), exactly as
+access entries with disclosure items, selectors, replay and as_of_tx; v4: issue 10,
+the ledger's anchors), exactly as
 the mapper wrote them: one JSON object a line, with the stored state as text.
 They are never rewritten: a log in production holds them for ever. Every run
 decodes each of them into today's classes (where a field added since then must
@@ -13,7 +14,7 @@ projects them into every read model and loads every aggregate from them.
 When an event type is added or a shape changes, extend `todays_events` below and
 write the next file, keeping the older ones:
 
-    .venv/bin/python -m tests.integration.test_schema_evolution tests/fixtures/events-v3.jsonl
+    .venv/bin/python -m tests.integration.test_schema_evolution tests/fixtures/events-v4.jsonl
 """
 
 import importlib
@@ -37,11 +38,15 @@ from domain.agenda import AgendaDay, Appointment, cancel, reschedule
 from domain.credentials import Grant, Token
 from domain.directory import Basis, CareRelationship, Establishment, Patient, Practitioner
 from domain.ledger import (
+    ANCHOR_ID,
     GENESIS,
     LEDGER_ID,
     AccessRecord,
     AccessRecorded,
     Disclosure,
+    LedgerAnchored,
+    ShardHead,
+    anchor_hash,
     chain_hash,
 )
 from domain.values import Absence, BookingPolicy, Motive, Sex, Source
@@ -145,9 +150,18 @@ def todays_events() -> list[Any]:
         prev_hash=GENESIS,
         hash=chain_hash(GENESIS, record),
     )
+    heads = (ShardHead(0, 1, entry.hash),)
+    anchor = LedgerAnchored(
+        originator_id=ANCHOR_ID,
+        originator_version=1,
+        timestamp=datetime.now(UTC),
+        heads=heads,
+        prev_hash=GENESIS,
+        hash=anchor_hash(GENESIS, heads),
+    )
     aggregates = [est, prac, patient, known, day, next_day, cancelled, moved, moved_to, missed]
     aggregates.append(seen)
-    return [e for a in [*aggregates, token, grant] for e in a.collect_events()] + [entry]
+    return [e for a in [*aggregates, token, grant] for e in a.collect_events()] + [entry, anchor]
 
 
 def write_fixture(path: Path) -> None:
@@ -244,7 +258,9 @@ async def test_a_past_release_s_log_projects_into_every_read_model_and_loads_eve
     for s in events:
         assert isinstance(s.originator_id, UUID)
         versions[s.originator_id] = max(versions.get(s.originator_id, 0), s.originator_version)
-    del versions[LEDGER_ID]  # the ledger is a chain of plain events, not an aggregate
+    # The ledger and its anchors are chains of plain events, not aggregates.
+    versions.pop(LEDGER_ID)
+    versions.pop(ANCHOR_ID, None)  # from v4 on
     for originator_id, version in versions.items():
         loaded = await repository.get(Aggregate, originator_id)
         assert loaded is not None and loaded.version == version

@@ -79,3 +79,70 @@ async def test_verify_names_the_entry_deleted_with_sql_and_exits_1(five_entries,
 
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "#2 (deleted)" in done.stdout
+
+
+def anchor(db_url: str, servers: Servers, file: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "CARNET_DATABASE_URL": db_url,
+        "CARNET_NATS_URL": servers.nats_url,
+        "CARNET_LEDGER_ANCHOR_FILE": file,
+    }
+    return run_cli("anchor", env=env)
+
+
+async def test_an_anchor_catches_the_tail_cut_off_which_the_chain_alone_cannot(
+    five_entries, db_url, servers, tmp_path
+):
+    file = tmp_path / "anchors.jsonl"
+    done = anchor(db_url, servers, str(file))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("anchor #1: ") and str(file) in done.stdout
+    assert len(file.read_text().splitlines()) == 1
+    await five_entries.execute(
+        f"DELETE FROM {SCHEMA}.events WHERE originator_id = $1 AND originator_version = 5",
+        LEDGER_ID,
+    )
+    assert (await verify_ledger(five_entries)) is None  # the chain itself is still whole
+
+    done = verify(db_url, servers)
+
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "TAMPERED" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+async def test_the_anchor_file_catches_the_whole_ledger_rewritten(
+    five_entries, db_url, servers, tmp_path
+):
+    file = tmp_path / "anchors.jsonl"
+    assert anchor(db_url, servers, str(file)).returncode == 0
+    # Everything in the database goes, anchors included: what is left is
+    # consistent on its own, and only the copy outside tells.
+    await five_entries.execute(
+        f"DELETE FROM {SCHEMA}.events WHERE topic LIKE 'domain.ledger:%'",
+    )
+    alone = verify(db_url, servers)
+    assert alone.returncode == 0, alone.stdout
+
+    done = run_cli(
+        "verify",
+        "--anchors",
+        str(file),
+        env={"CARNET_DATABASE_URL": db_url, "CARNET_NATS_URL": servers.nats_url},
+    )
+
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "TAMPERED" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+async def test_verify_refuses_an_anchor_file_that_is_not_there(five_entries, db_url, servers):
+    done = run_cli(
+        "verify",
+        "--anchors",
+        "/nonexistent/anchors.jsonl",
+        env={"CARNET_DATABASE_URL": db_url, "CARNET_NATS_URL": servers.nats_url},
+    )
+    assert done.returncode == 1
+    assert "anchor file" in done.stderr and "not found" in done.stderr
+    assert "Traceback" not in done.stderr
