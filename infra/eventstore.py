@@ -63,6 +63,9 @@ WHERE (tx, position) > ($1::xid8, $2::bigint)
 ORDER BY tx, position
 LIMIT $3
 """
+# The same without the metadata, for readers that never look at it (projectors):
+# its JSON, read and decoded for every event, cost a third of reading a page.
+_READ_AFTER_LEAN = _READ_AFTER.replace(", recorded_at, metadata", ", recorded_at, NULL")
 _COLUMNS = "position, tx, originator_id, originator_version, topic, state, recorded_at, metadata"
 _SELECT = f"SELECT {_COLUMNS} FROM {SCHEMA}.events"
 _AGGREGATE_UNTIL = (
@@ -117,6 +120,14 @@ def _recorded(r: asyncpg.Record) -> RecordedEvent:
     event = object.__new__(RecordedEvent)
     event.__dict__.update(zip(_FIELDS, r, strict=True))
     event.__dict__["metadata"] = msgspec.json.decode(r[7])
+    return event
+
+
+def _recorded_lean(r: asyncpg.Record) -> RecordedEvent:
+    """As `_recorded`, with the metadata left empty (not read)."""
+    event = object.__new__(RecordedEvent)
+    event.__dict__.update(zip(_FIELDS, r, strict=True))
+    event.__dict__["metadata"] = {}
     return event
 
 
@@ -236,10 +247,22 @@ class EventStore:
         return IdempotentResult(row[0], row[1], row[2]) if row else None
 
     async def read_after(
-        self, after: Checkpoint, limit: int = 1000, conn: Connection | None = None
+        self,
+        after: Checkpoint,
+        limit: int = 1000,
+        conn: Connection | None = None,
+        *,
+        metadata: bool = True,
     ) -> list[RecordedEvent]:
-        """Committed events after `after`, in (tx, position) order, none skipped."""
+        """Committed events after `after`, in (tx, position) order, none skipped.
+
+        `metadata=False`: the events come with empty metadata, not read (for a
+        reader that never looks at it, such as a projector).
+        """
         source = conn if conn is not None else self.pool
+        if not metadata:
+            rows = await source.fetch(_READ_AFTER_LEAN, after.tx, after.position, limit)
+            return [_recorded_lean(r) for r in rows]
         rows = await source.fetch(_READ_AFTER, after.tx, after.position, limit)
         return [_recorded(r) for r in rows]
 

@@ -6,6 +6,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
+from infra.aggregate_cache import DEFAULT_CAPACITY, AggregateCache, Loaded
 from infra.codec import TypedMapper
 from infra.eventstore import EventStore
 from services.ports import A, Idempotency, IdempotentResult, Metadata
@@ -18,23 +19,40 @@ def log_position(aggregate: Aggregate) -> int:
     return int(aggregate.__dict__.get(POSITION, 0))
 
 
+def _build(cls: type[A], loaded: Loaded | None) -> A | None:
+    """A new aggregate from the events (never one another caller holds)."""
+    if loaded is None:
+        return None
+    aggregate: Any = None
+    for e in loaded.events:
+        aggregate = e.mutate(aggregate)
+    if not isinstance(aggregate, cls):
+        # An id of another kind of aggregate is, to the caller, no such thing.
+        return None
+    # What the aggregate reflects, for the access ledger's "as of".
+    aggregate.__dict__[POSITION] = loaded.position
+    return aggregate
+
+
 class PostgresRepository:
-    def __init__(self, store: EventStore, mapper: TypedMapper | None = None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        mapper: TypedMapper | None = None,
+        cache_capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
         self.store = store
         self.mapper = mapper or TypedMapper()
+        # Per process; every read catches it up first (infra/aggregate_cache.py).
+        self.cache = AggregateCache(self.mapper, cache_capacity)
 
     async def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
-        stored, position = await self.store.read_aggregate_at(aggregate_id)
-        aggregate: Any = None
-        for s in stored:
-            aggregate = self.mapper.to_domain_event(s).mutate(aggregate)
-        if aggregate is not None and not isinstance(aggregate, cls):
-            # An id of another kind of aggregate is, to the caller, no such thing.
-            return None
-        if aggregate is not None:
-            # What the aggregate reflects, for the access ledger's "as of".
-            aggregate.__dict__[POSITION] = position
-        return aggregate
+        return (await self.get_many([(cls, aggregate_id)]))[0]
+
+    async def get_many(self, wanted: Sequence[tuple[type[A], UUID]]) -> list[A | None]:
+        """Several aggregates in one round trip, each as fresh as a full replay."""
+        loaded = await self.cache.load(self.store.pool, (i for _, i in wanted))
+        return [_build(cls, loaded.get(i)) for cls, i in wanted]
 
     async def save(
         self,
@@ -44,7 +62,9 @@ class PostgresRepository:
     ) -> int:
         pending = [e for a in aggregates for e in a.collect_events()]
         stored = [self.mapper.to_stored_event(e) for e in pending]
-        return await self.store.append(stored, meta, idempotency)
+        position = await self.store.append(stored, meta, idempotency)
+        self.cache.saved(stored)  # aggregate cache (S2): the next get fetches nothing new
+        return position
 
     async def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
         return await self.store.idempotent_result(scope, key)

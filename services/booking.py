@@ -1,14 +1,18 @@
 """Booking use cases: get the aggregates, call one domain operation, save."""
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import NoReturn
 from uuid import UUID
+
+from eventsourcing.domain import Aggregate
 
 from domain import agenda
 from domain.agenda import AgendaDay, Appointment
 from domain.calendar import local_day, require_aware
+from domain.credentials import Grant
 from domain.directory import (
     Basis,
     CareRelationship,
@@ -17,15 +21,22 @@ from domain.directory import (
     Practitioner,
     known_at,
 )
-from domain.errors import Forbidden, IdempotencyKeyReused, InvalidValue, NotFound, SlotTaken
+from domain.errors import (
+    DomainError,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidValue,
+    NotFound,
+)
 from domain.values import Interval, Source
 from services.actors import Actor, ActorKind
-from services.common import get_or_404, require, retrying
+from services.common import get_or_404, or_404, require, retrying, typed
 from services.credentials import scopes_of
 from services.policy import Action, Kind, Resource, allowed, decide
-from services.ports import Clock, Idempotency, Metadata, Repository
+from services.ports import Clock, Idempotency, Metadata, Repository, VersionConflict
 
 MAX_AVAILABILITY_DAYS = 31
+PLACES_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -55,15 +66,38 @@ def request_hash(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
 
 
+def _grant_id(actor: Actor, practitioner_id: UUID) -> UUID | None:
+    """The grant whose scopes an integration holds there (None: others hold none)."""
+    if actor.kind is not ActorKind.INTEGRATION:
+        return None
+    return Grant.create_id(practitioner_id, actor.id)
+
+
+def _scopes(grant: Grant | None) -> frozenset[str]:
+    """As services.credentials.scopes_of answers, from a grant already read."""
+    return frozenset(grant.scopes) if grant else frozenset()
+
+
 class BookingService:
     def __init__(self, repo: Repository, clock: Clock) -> None:
         self.repo = repo
         self.clock = clock
+        # Practitioner id -> (establishment id, time zone), which no event ever
+        # changes: the ids of a booking's agenda day and care relationship can
+        # then be derived before the practitioner is read, and all be read in
+        # one round trip. Only a guess: checked against the practitioner read.
+        self._places: OrderedDict[UUID, tuple[UUID, str]] = OrderedDict()
 
-    async def _day(self, practitioner: Practitioner, start: datetime) -> AgendaDay:
-        day = local_day(start, practitioner.timezone)
-        found = await self.repo.get(AgendaDay, AgendaDay.create_id(practitioner.id, day))
-        return found or AgendaDay(practitioner_id=practitioner.id, day=day)
+    def _place_of(self, practitioner_id: UUID) -> tuple[UUID, str] | None:
+        return self._places.get(practitioner_id)
+
+    def _learn_place(self, practitioner: Practitioner) -> tuple[UUID, str]:
+        place = (practitioner.establishment_id, practitioner.timezone)
+        self._places[practitioner.id] = place
+        self._places.move_to_end(practitioner.id)
+        while len(self._places) > PLACES_REMEMBERED:
+            self._places.popitem(last=False)
+        return place
 
     async def read_appointment(
         self, actor: Actor, appointment_id: UUID
@@ -96,8 +130,7 @@ class BookingService:
 
     async def _visible(self, actor: Actor, appointment_id: UUID, action: Action) -> Appointment:
         appointment, scopes = await self._readable(actor, appointment_id)
-        if not allowed(actor, action, _resource(appointment), scopes):
-            raise Forbidden(f"{actor.kind.value}s cannot {action.value} appointments")
+        _check_visible(actor, appointment, action, scopes)
         return appointment
 
     async def book(
@@ -136,63 +169,106 @@ class BookingService:
             return Booked(first, earlier.position, replayed=True)
 
         async def attempt() -> Booked:
-            if (replayed := await replay()) is not None:
-                return replayed
-            practitioner = await get_or_404(
-                self.repo, Practitioner, practitioner_id, "practitioner_id"
-            )
-            place = practitioner.establishment_id
-            scopes = await scopes_of(self.repo, actor, practitioner.id)
-            patient = await self.repo.get(Patient, patient_id)
-            relationship = await self.repo.get(
-                CareRelationship, CareRelationship.create_id(place, patient_id)
-            )
-            known = patient is not None and known_at(place, patient, relationship)
-            resource = Resource(
-                Kind.APPOINTMENT, patient_id, practitioner.id, place, patient_known=known
-            )
-            # A stranger, someone else or no one at all: one answer, so that
-            # booking never tells whether a patient id exists.
-            require(actor, Action.BOOK, resource, "patient_id", "patient", scopes)
-            if patient is None:
-                raise NotFound("no such patient", field="patient_id")
-            motive = practitioner.motive(motive_id)
-            slot_end = end or start + timedelta(minutes=motive.duration_minutes)
-            practitioner.check_bookable(
-                motive, Interval(start, slot_end), self.clock.now(), actor.source
-            )
-            day = await self._day(practitioner, start)
+            # The key is looked up only when the booking does not go through:
+            # the append claims it in the same statement as the events, so a
+            # booking that commits had no earlier request under that key (and
+            # one that had, fails on the claim, or earlier, on its own slot).
+            # Whatever the refusal, an earlier answer under the key comes first,
+            # as if the key had been looked up before anything else.
             try:
-                appointment = agenda.book(
-                    day,
+                return await self._book_once(
+                    actor,
+                    meta,
+                    practitioner_id=practitioner_id,
                     patient_id=patient_id,
-                    establishment_id=practitioner.establishment_id,
-                    motive_id=motive.id,
-                    duration_minutes=motive.duration_minutes,
+                    motive_id=motive_id,
                     start=start,
-                    end=slot_end,
-                    source=actor.source,
+                    end=end,
+                    claim=(
+                        Idempotency(scope, idempotency_key, fingerprint)
+                        if idempotency_key is not None
+                        else None
+                    ),
                 )
-            except SlotTaken:
-                # The slot may be taken by our own first attempt under this key,
-                # committed since we looked: answer as that attempt did.
+            except (DomainError, VersionConflict):
                 if (replayed := await replay()) is not None:
                     return replayed
                 raise
-            claim = (
-                Idempotency(scope, idempotency_key, fingerprint, str(appointment.id))
-                if idempotency_key is not None
-                else None
-            )
-            changed = [day, appointment]
-            if relationship is None:
-                # The first booking there makes the patient known to that practice;
-                # a concurrent first booking conflicts on it and is retried.
-                changed.append(CareRelationship.start(place, patient_id, Basis.BOOKED))
-            position = await self.repo.save(changed, meta, claim)
-            return Booked(appointment, position)
 
         return await retrying(attempt)
+
+    async def _book_once(
+        self,
+        actor: Actor,
+        meta: Metadata,
+        *,
+        practitioner_id: UUID,
+        patient_id: UUID,
+        motive_id: str,
+        start: datetime,
+        end: datetime | None,
+        claim: Idempotency | None,
+    ) -> Booked:
+        """One try at a booking: two round trips to read (one when the practitioner's
+        place is known), the checks in the order they always ran, one append."""
+        wanted: list[tuple[type[Aggregate], UUID]] = [
+            (Practitioner, practitioner_id),
+            (Patient, patient_id),
+        ]
+        grant_id = _grant_id(actor, practitioner_id)
+        if grant_id is not None:
+            wanted.append((Grant, grant_id))
+        guess = self._place_of(practitioner_id)
+        if guess is not None:
+            wanted += _context_keys(practitioner_id, patient_id, start, guess)
+        found = await self.repo.get_many(wanted)
+        practitioner = or_404(Practitioner, found[0], "practitioner_id")
+        patient = typed(Patient, found[1])
+        scopes = _scopes(typed(Grant, found[2])) if grant_id is not None else frozenset()
+        place = self._learn_place(practitioner)
+        if place == guess:
+            relationship_found, day_found = found[-2], found[-1]
+        else:
+            keys = _context_keys(practitioner_id, patient_id, start, place)
+            relationship_found, day_found = await self.repo.get_many(keys)
+        establishment_id = practitioner.establishment_id
+        relationship = typed(CareRelationship, relationship_found)
+        known = patient is not None and known_at(establishment_id, patient, relationship)
+        resource = Resource(
+            Kind.APPOINTMENT, patient_id, practitioner.id, establishment_id, patient_known=known
+        )
+        # A stranger, someone else or no one at all: one answer, so that
+        # booking never tells whether a patient id exists.
+        require(actor, Action.BOOK, resource, "patient_id", "patient", scopes)
+        if patient is None:
+            raise NotFound("no such patient", field="patient_id")
+        motive = practitioner.motive(motive_id)
+        slot_end = end or start + timedelta(minutes=motive.duration_minutes)
+        practitioner.check_bookable(
+            motive, Interval(start, slot_end), self.clock.now(), actor.source
+        )
+        day = _day_or_new(practitioner, start, day_found)
+        # SlotTaken here may be our own first attempt under this key, committed
+        # since: the caller then answers as that attempt did.
+        appointment = agenda.book(
+            day,
+            patient_id=patient_id,
+            establishment_id=establishment_id,
+            motive_id=motive.id,
+            duration_minutes=motive.duration_minutes,
+            start=start,
+            end=slot_end,
+            source=actor.source,
+        )
+        if claim is not None:
+            claim = Idempotency(claim.scope, claim.key, claim.request_hash, str(appointment.id))
+        changed: list[Aggregate] = [day, appointment]
+        if relationship is None:
+            # The first booking there makes the patient known to that practice;
+            # a concurrent first booking conflicts on it and is retried.
+            changed.append(CareRelationship.start(establishment_id, patient_id, Basis.BOOKED))
+        position = await self.repo.save(changed, meta, claim)
+        return Booked(appointment, position)
 
     async def consent_to_bookings(
         self, actor: Actor, meta: Metadata, *, patient_id: UUID, establishment_id: UUID
@@ -218,17 +294,55 @@ class BookingService:
 
         return await retrying(attempt)
 
+    async def _changing(
+        self, actor: Actor, appointment_id: UUID, action: Action, also: datetime | None = None
+    ) -> tuple[Appointment, Practitioner, AgendaDay, AgendaDay]:
+        """The appointment (if this actor may do `action` to it), its practitioner, and
+        the agenda days of its start and of `also` (the same object on the same day).
+
+        Two round trips (three when the practitioner's place is not known yet);
+        the checks run in the order they always did.
+        """
+        appointment = await self.repo.get(Appointment, appointment_id)
+        if appointment is None:
+            raise_not_found()
+        practitioner_id = appointment.practitioner_id
+        starts = [appointment.start] if also is None else [appointment.start, also]
+        wanted: list[tuple[type[Aggregate], UUID]] = [(Practitioner, practitioner_id)]
+        grant_id = _grant_id(actor, practitioner_id)
+        if grant_id is not None:
+            wanted.append((Grant, grant_id))
+        guess = self._place_of(practitioner_id)
+        if guess is not None:
+            wanted += _day_keys(practitioner_id, guess[1], starts)
+        found = await self.repo.get_many(wanted)
+        scopes = _scopes(typed(Grant, found[1])) if grant_id is not None else frozenset()
+        _check_visible(actor, appointment, action, scopes)
+        practitioner = or_404(Practitioner, found[0], "practitioner_id")
+        place = self._learn_place(practitioner)
+        if place == guess:
+            days_found = found[2 if grant_id is not None else 1 :]
+        else:
+            days_found = await self.repo.get_many(_day_keys(practitioner_id, place[1], starts))
+        timezone = practitioner.timezone
+        dates = _local_dates(starts, timezone)
+        days = {
+            d: typed(AgendaDay, f) or AgendaDay(practitioner_id=practitioner_id, day=d)
+            for d, f in zip(dates, days_found, strict=True)
+        }
+        first = days[local_day(starts[0], timezone)]
+        last = days[local_day(starts[-1], timezone)]
+        return appointment, practitioner, first, last
+
     async def cancel(
         self, actor: Actor, meta: Metadata, appointment_id: UUID, reason: str
     ) -> Changed:
         async def attempt() -> Changed:
-            appointment = await self._visible(actor, appointment_id, Action.CANCEL)
-            practitioner = await get_or_404(
-                self.repo, Practitioner, appointment.practitioner_id, "practitioner_id"
+            appointment, practitioner, day, _ = await self._changing(
+                actor, appointment_id, Action.CANCEL
             )
             if actor.source is Source.PATIENT:
                 practitioner.check_patient_may_cancel(appointment.start, self.clock.now())
-            day = await self._day(practitioner, appointment.start)
             agenda.cancel(appointment, day, reason, actor.source)
             position = await self.repo.save([day, appointment], meta)
             return Changed(appointment, position)
@@ -241,9 +355,8 @@ class BookingService:
         start = require_aware(start, "start")
 
         async def attempt() -> Booked:
-            old = await self._visible(actor, appointment_id, Action.RESCHEDULE)
-            practitioner = await get_or_404(
-                self.repo, Practitioner, old.practitioner_id, "practitioner_id"
+            old, practitioner, old_day, new_day = await self._changing(
+                actor, appointment_id, Action.RESCHEDULE, also=start
             )
             now = self.clock.now()
             if actor.source is Source.PATIENT:
@@ -251,9 +364,6 @@ class BookingService:
             motive = practitioner.motive(old.motive_id)
             end = start + timedelta(minutes=motive.duration_minutes)
             practitioner.check_bookable(motive, Interval(start, end), now, actor.source)
-            old_day = await self._day(practitioner, old.start)
-            same_day = local_day(start, practitioner.timezone) == old_day.day
-            new_day = old_day if same_day else await self._day(practitioner, start)
             new = agenda.reschedule(
                 old,
                 old_day,
@@ -263,7 +373,7 @@ class BookingService:
                 end=end,
                 by=actor.source,
             )
-            days = [old_day] if same_day else [old_day, new_day]
+            days = [old_day] if new_day is old_day else [old_day, new_day]
             position = await self.repo.save([*days, old, new], meta)
             return Booked(new, position)
 
@@ -282,6 +392,54 @@ class BookingService:
             return Changed(appointment, position)
 
         return await retrying(attempt)
+
+
+def _day_key(practitioner_id: UUID, timezone: str, start: datetime) -> tuple[type[AgendaDay], UUID]:
+    return AgendaDay, AgendaDay.create_id(practitioner_id, local_day(start, timezone))
+
+
+def _local_dates(starts: list[datetime], timezone: str) -> list[date]:
+    """The distinct local dates of these instants, in order."""
+    return list(dict.fromkeys(local_day(s, timezone) for s in starts))
+
+
+def _day_keys(
+    practitioner_id: UUID, timezone: str, starts: list[datetime]
+) -> list[tuple[type[Aggregate], UUID]]:
+    """The agenda days of these instants' distinct local dates, in order."""
+    return [
+        (AgendaDay, AgendaDay.create_id(practitioner_id, d)) for d in _local_dates(starts, timezone)
+    ]
+
+
+def _check_visible(
+    actor: Actor, appointment: Appointment, action: Action, scopes: frozenset[str]
+) -> None:
+    """NotFound if the actor may not read the appointment; Forbidden if it may read
+    it but not do `action` to it (as _visible)."""
+    if not allowed(actor, Action.READ, _resource(appointment), scopes):
+        raise_not_found()
+    if not allowed(actor, action, _resource(appointment), scopes):
+        raise Forbidden(f"{actor.kind.value}s cannot {action.value} appointments")
+
+
+def _day_or_new(practitioner: Practitioner, start: datetime, found: object) -> AgendaDay:
+    day = typed(AgendaDay, found)
+    if day is not None:
+        return day
+    return AgendaDay(practitioner_id=practitioner.id, day=local_day(start, practitioner.timezone))
+
+
+def _context_keys(
+    practitioner_id: UUID, patient_id: UUID, start: datetime, place: tuple[UUID, str]
+) -> list[tuple[type[Aggregate], UUID]]:
+    """What a booking reads besides the practitioner: the care relationship at its
+    establishment, then the agenda day of `start` in its time zone."""
+    establishment_id, timezone = place
+    return [
+        (CareRelationship, CareRelationship.create_id(establishment_id, patient_id)),
+        _day_key(practitioner_id, timezone, start),
+    ]
 
 
 def raise_not_found() -> NoReturn:

@@ -39,9 +39,24 @@ async def retrying(attempt: Callable[[], Awaitable[T]], attempts: int = MAX_ATTE
 
 
 async def get_or_404(repo: Repository, cls: type[A], aggregate_id: UUID, field: str) -> A:
-    found = await repo.get(cls, aggregate_id)
-    if found is None:
+    return or_404(cls, await repo.get(cls, aggregate_id), field)
+
+
+def or_404(cls: type[A], found: object, field: str) -> A:
+    """One answer of `get_many` that must exist (NotFound naming `field` otherwise)."""
+    aggregate = typed(cls, found)
+    if aggregate is None:
         raise NotFound(f"no such {cls.__name__.lower()}", field=field)
+    return aggregate
+
+
+def typed(cls: type[A], found: object) -> A | None:
+    """One answer of `get_many`, as the class it was asked for (the repository
+    answers None for an id of another kind, so anything else is a bug)."""
+    if found is None:
+        return None
+    if not isinstance(found, cls):
+        raise TypeError(f"asked for a {cls.__name__}, got {type(found).__name__}")
     return found
 
 
