@@ -66,6 +66,22 @@ class Decoder:
         stored = recorded.stored() if isinstance(recorded, RecordedEvent) else recorded
         return self.mapper.to_domain_event(stored)
 
+    def check(self, recorded: RecordedEvent | StoredEvent) -> None:
+        """Raise what `decode` would raise for this event, without building it.
+
+        For an event its reader ignores: an undecodable one still stops it, as
+        when every event was decoded.
+        """
+        typed = self._typed.get(recorded.topic) or self._for(recorded.topic)
+        if typed is not None:
+            try:
+                typed[1].decode(recorded.state)
+            except msgspec.DecodeError:
+                pass
+            else:
+                return
+        self.decode(recorded)
+
 
 class LeanMapper(TypedMapper):
     """A TypedMapper that decodes by the Decoder's road (for a Projector that replays)."""

@@ -29,14 +29,18 @@ every reader) only while it writes, not while it waits, reads and decodes.
 import asyncio
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import date, datetime
+from uuid import UUID
 
 import asyncpg
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, resolve_topic
 
 from domain.ledger import AccessRecorded
 from infra.codec import TypedMapper
+from infra.decoder import Decoder
 from infra.eventstore import Checkpoint, Connection, EventStore, RecordedEvent
 from infra.metrics import PROJECTION_APPLIED, PROJECTION_POSITION, PROJECTION_RUNNING
 from infra.pgerrors import database_unavailable
@@ -62,6 +66,8 @@ CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
 );
 """
 SHADOW = "__shadow"
+REBUILD_PAGE = 5000  # events a rebuild reads and applies at a time
+_INDEX = re.compile(r"\s*CREATE\s+INDEX\b", re.IGNORECASE)  # not UNIQUE: deferred in a rebuild
 # pg_advisory_xact_lock(PROJECTION_LOCK, hashtext(name)): one lock per projection.
 PROJECTION_LOCK = 72810004
 _LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
@@ -78,12 +84,80 @@ def _storable(value: object) -> object:
     return value
 
 
+# Argument types that hold no text: nothing to make storable (checked by exact type).
+_TEXTLESS = frozenset({UUID, int, float, bool, type(None), datetime, date})
+
+
 def bound(op: Op) -> Op:
     """The statement with every string argument made storable (see the module docstring)."""
     for arg in op.args:  # one cheap pass: most statements have nothing to replace
+        if arg.__class__ in _TEXTLESS:
+            continue
         if isinstance(arg, list | tuple) or (isinstance(arg, str) and storable(arg) is not arg):
-            return Op(op.sql, tuple(_storable(a) for a in op.args))
+            return replace(op, args=tuple(_storable(a) for a in op.args))
     return op
+
+
+Item = tuple[RecordedEvent, Op]
+# What a projector does with an event of a topic: nothing (the ledger, for a model
+# that does not read it), only check that it decodes (a kind outside the model's
+# `handles`: an undecodable event still stops it), or decode and apply it.
+_SKIP, _CHECK, _APPLY = "skip", "check", "apply"
+
+
+def schedule(ops: Sequence[Item]) -> list[list[Item]]:
+    """The statements in groups, each group one statement sent once, in an order
+    that gives the same tables as running them one by one in log order.
+
+    A keyed Op goes into the earliest level after every earlier Op that wrote a
+    row it reads or writes, or read a row it writes (and after the last plain
+    Op); within a level, the Ops of one statement form one group. A plain Op
+    (no key) is ordered against everything: it gets a level of its own, shared
+    only with the plain Ops of the same statement right before it (sent as one
+    `executemany`, as they always were).
+    """
+    # Rows are tracked by their hash: two rows that share one are only ordered
+    # when they need not be, never the reverse (and a UUID hashes in Python).
+    written: dict[int, int] = {}  # row -> level of its last writer
+    read: dict[int, int] = {}  # row -> highest level that read it
+    levels: list[dict[str, list[Item]]] = []
+    floor = 0  # the level of the last plain Op: every later one goes above it
+    for item in ops:
+        op = item[1]
+        if op.key is None:
+            last = levels[-1] if levels else None
+            if not (floor == len(levels) and last is not None and op.sql in last):
+                levels.append({})
+                floor = len(levels)
+            levels[-1].setdefault(op.sql, []).append(item)
+            continue
+        key = hash(op.key)
+        reads = [hash(row) for row in op.reads]
+        level = max(floor, written.get(key, 0), read.get(key, 0))
+        for row in reads:
+            level = max(level, written.get(row, 0))
+        level += 1
+        if level > len(levels):
+            levels.append({})
+        levels[level - 1].setdefault(op.sql, []).append(item)
+        written[key] = level
+        for row in reads:
+            if read.get(row, 0) < level:
+                read[row] = level
+    return [group for level in levels for group in level.values()]
+
+
+async def _run_group(conn: Connection, group: list[Item]) -> None:
+    """One statement for the group: keyed Ops with one array per argument (their
+    rows), plain Ops as they are (several as one pipelined executemany)."""
+    op = group[0][1]
+    if op.key is not None:
+        columns = [list(c) for c in zip(*(o.args for _, o in group), strict=True)]
+        await conn.execute(op.sql, *columns)
+    elif len(group) == 1:
+        await conn.execute(op.sql, *op.args)
+    else:
+        await conn.executemany(op.sql, [o.args for _, o in group])
 
 
 class ProjectionFailed(Exception):
@@ -100,6 +174,19 @@ class ProjectionStopped(Exception):
     """The projection was stopped on an error; `carnet projections resume` restarts it."""
 
 
+class _Asking:
+    """A mapper that is not a plain TypedMapper, asked for every event itself."""
+
+    def __init__(self, mapper: TypedMapper) -> None:
+        self.mapper = mapper
+
+    def decode(self, recorded: RecordedEvent) -> object:
+        return self.mapper.to_domain_event(recorded.stored())
+
+    def check(self, recorded: RecordedEvent) -> None:
+        self.decode(recorded)
+
+
 class Projector:
     def __init__(
         self,
@@ -113,6 +200,11 @@ class Projector:
         self.projection = projection
         self.store = EventStore(pool)
         self.mapper = mapper or TypedMapper()
+        # The mapper's domain events by the shorter road where it gives the same
+        # (infra/decoder.py); a mapper of another kind is asked itself.
+        plain = type(self.mapper) is TypedMapper
+        self._uses: dict[str, str] = {}  # topic -> _SKIP, _CHECK or _APPLY
+        self.decoder = Decoder(self.mapper) if plain else _Asking(self.mapper)
         self.batch_size = batch_size
         # An instance name lets a second copy (e.g. fed from NATS) keep its own
         # tables and checkpoint; by default every worker shares the one model.
@@ -138,73 +230,92 @@ class Projector:
                     await conn.execute(statement)
                 await conn.execute(f"INSERT INTO {CHECKPOINTS} (name) VALUES ($1)", self.name)
 
+    def _ops(
+        self, events: Sequence[RecordedEvent], tables: dict[str, str]
+    ) -> tuple[list[Item], tuple[RecordedEvent, Exception] | None]:
+        """Every statement of `events` in log order, and the first event that failed (if any).
+
+        Projections are pure, so every statement is built before any runs; a failed
+        event's statements are those of the events before it.
+        """
+        ops: list[Item] = []
+        decode, check, apply = self.decoder.decode, self.decoder.check, self.projection.apply
+        uses = self._uses
+        for recorded in events:
+            use = uses.get(recorded.topic)
+            if use is None:
+                use = uses[recorded.topic] = self._use(recorded.topic)
+            if use is _SKIP:
+                continue
+            try:
+                if use is _CHECK:
+                    check(recorded)
+                    continue
+                for op in apply(decode(recorded), tables):
+                    ops.append((recorded, bound(op)))
+            except Exception as e:
+                return ops, (recorded, e)
+        return ops, None
+
+    def _use(self, topic: str) -> str:
+        """What this projection does with events of `topic` (see _SKIP, _CHECK, _APPLY)."""
+        if topic == LEDGER_TOPIC and not getattr(self.projection, "reads_ledger", False):
+            return _SKIP  # the ledger outnumbers everything; most models ignore it
+        handles = getattr(self.projection, "handles", None)
+        if handles is not None:
+            try:
+                named = resolve_topic(topic).__qualname__  # a topic may name a renamed class
+            except Exception:
+                return _APPLY  # decoding it will say what is wrong
+            if named not in handles:
+                return _CHECK
+        return _APPLY
+
     async def _apply(
         self, conn: Connection, events: Sequence[RecordedEvent], tables: dict[str, str]
     ) -> None:
-        """Run the statements of `events` in log order on `conn`, in the caller's transaction.
+        """Run the statements of `events` on `conn`, in the caller's transaction.
 
-        Projections are pure, so every statement is built first. A run of one statement
-        (consecutive, with parameters) goes to the server as one `executemany`:
-        pipelined, one round trip instead of one each. When that saves two round trips
-        or more, the runs execute after a SAVEPOINT; should one fail, the batch is
-        replayed from it statement by statement, so that the event at fault is named
-        exactly as without grouping.
+        They run grouped (`schedule`): the keyed Ops of one statement as one set-based
+        statement, runs of one plain statement as one pipelined `executemany`. When that
+        saves two statements or more, the groups run after a SAVEPOINT; should one fail,
+        the batch is replayed from it statement by statement in log order, so that the
+        event at fault is named exactly as without grouping.
 
         A transient fault propagates as it is (the caller rolls back and retries);
         any other failure of an event is raised as ProjectionFailed, naming it.
         """
-
-        async def one_by_one(ops: list[tuple[RecordedEvent, Op]]) -> None:
-            for recorded, op in ops:
-                try:
-                    await conn.execute(op.sql, *op.args)
-                except Exception as e:
-                    if database_unavailable(e):
-                        raise  # the database, not the event: retry later
-                    raise ProjectionFailed(self.name, recorded, e) from e
-
-        ops: list[tuple[RecordedEvent, Op]] = []
-        failed: tuple[RecordedEvent, Exception] | None = None
-        reads_ledger = getattr(self.projection, "reads_ledger", False)
-        for recorded in events:
-            if recorded.topic == LEDGER_TOPIC and not reads_ledger:
-                continue  # the ledger outnumbers everything; most models ignore it
-            try:
-                event = self.mapper.to_domain_event(recorded.stored())
-                ops += [(recorded, bound(op)) for op in self.projection.apply(event, tables)]
-            except Exception as e:
-                failed = (recorded, e)  # raised after the statements of the events before it
-                break
-        runs: list[list[tuple[RecordedEvent, Op]]] = []
-        for item in ops:
-            last = runs[-1][-1][1] if runs else None
-            if last is not None and last.args and item[1].args and last.sql == item[1].sql:
-                runs[-1].append(item)
-            else:
-                runs.append([item])
-        if len(ops) - len(runs) >= 2:
+        ops, failed = self._ops(events, tables)
+        groups = schedule(ops)
+        if len(ops) - len(groups) >= 2:
             await conn.execute("SAVEPOINT carnet_apply")
             try:
-                for run in runs:
-                    if len(run) == 1:
-                        await conn.execute(run[0][1].sql, *run[0][1].args)
-                    else:
-                        await conn.executemany(run[0][1].sql, [op.args for _, op in run])
+                for group in groups:
+                    await _run_group(conn, group)
             except Exception as e:
                 if database_unavailable(e):
                     raise
                 await conn.execute("ROLLBACK TO SAVEPOINT carnet_apply")
-                await one_by_one(ops)
+                await self._one_by_one(conn, ops)
         else:
-            await one_by_one(ops)
+            await self._one_by_one(conn, ops)
         if failed is not None:
             raise ProjectionFailed(self.name, *failed) from failed[1]
+
+    async def _one_by_one(self, conn: Connection, ops: list[Item]) -> None:
+        for recorded, op in ops:
+            try:
+                await _run_group(conn, [(recorded, op)])
+            except Exception as e:
+                if database_unavailable(e):
+                    raise  # the database, not the event: retry later
+                raise ProjectionFailed(self.name, recorded, e) from e
 
     async def run_once(self) -> int:
         """Apply the next batch; return how many events it held (0: caught up or stopped)."""
 
         async def next_batch(conn: Connection, after: Checkpoint) -> Sequence[RecordedEvent]:
-            return await self.store.read_after(after, self.batch_size, conn)
+            return await self.store.read_after(after, self.batch_size, conn, metadata=False)
 
         return await self._locked_apply(next_batch, stopped_is_error=False)
 
@@ -340,30 +451,51 @@ class Projector:
             wake.clear()
             await sleep_until(wake, idle)
 
+    async def _page(self, after: Checkpoint, conn: Connection | None = None) -> list[RecordedEvent]:
+        return await self.store.read_after(after, REBUILD_PAGE, conn, metadata=False)
+
     async def rebuild(self) -> int:
-        """Build from zero into shadow tables while the live ones serve, then swap."""
+        """Build from zero into shadow tables while the live ones serve, then swap.
+
+        The long part takes no lock on the live tables. Pages of REBUILD_PAGE events
+        are each applied in one transaction, with set-based statements (`schedule`),
+        while the next page is being read; the shadow tables' secondary indexes
+        (plain `CREATE INDEX`, never a unique one: those check rows as they come)
+        are built once the pages are in, which costs less than keeping them up to
+        date row by row. Then, holding the live worker off, the last events are
+        applied and the tables swapped in one transaction.
+        """
         await self.ensure()
         shadow = self.tables(SHADOW)
         shadow_tables = self._logical(shadow)
+        ddl = self.projection.ddl(shadow_tables)
+        indexes = [s for s in ddl if _INDEX.match(s)]
         async with self.pool.acquire() as conn:
             for table in shadow.values():
                 await conn.execute(f"DROP TABLE IF EXISTS {table}")
-            for statement in self.projection.ddl(shadow_tables):
-                await conn.execute(statement)
+            for statement in ddl:
+                if statement not in indexes:
+                    await conn.execute(statement)
         after, applied = Checkpoint(), 0
-        while True:  # the long part, with no lock on the live tables
-            async with self.pool.acquire() as conn, conn.transaction():
-                events = await self.store.read_after(after, 5000, conn)
-                if not events:
-                    break
-                await self._apply(conn, events, shadow_tables)
-            after, applied = events[-1].checkpoint, applied + len(events)
+        reading = asyncio.ensure_future(self._page(after))
+        try:
+            while events := await reading:
+                reading = asyncio.ensure_future(self._page(events[-1].checkpoint))
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await self._apply(conn, events, shadow_tables)
+                after, applied = events[-1].checkpoint, applied + len(events)
+        finally:
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+        async with self.pool.acquire() as conn:
+            for statement in indexes:
+                await conn.execute(statement)
         async with self.pool.acquire() as conn, conn.transaction():
             # Hold the live worker off, read the last events, then apply them and swap
             # names: all the reading before the first write, as in `_locked_apply`.
             await conn.execute(_LOCK, PROJECTION_LOCK, self.name)
             tail: list[RecordedEvent] = []
-            while events := await self.store.read_after(after, 5000, conn):
+            while events := await self._page(after, conn):
                 tail += events
                 after = events[-1].checkpoint
             last_at: datetime | None = None

@@ -28,7 +28,7 @@ from eventsourcing.domain import Aggregate
 
 from domain.agenda import Appointment
 from domain.directory import Establishment, Patient, Practitioner
-from domain.ledger import LEDGER_ID, Disclosure
+from domain.ledger import ANCHOR_ID, Disclosure, shard_number
 from infra.codec import TypedMapper
 from infra.deadlines import bounded
 from infra.decoder import Decoder
@@ -121,7 +121,7 @@ class PostgresPointInTime:
         wanted = [
             i
             for i in map(_uuid, aggregate_ids)
-            if i and i != LEDGER_ID and i not in self._histories
+            if i and not _ledger(i) and i not in self._histories
         ]
         await self._load(wanted)
         booked = [h.events[0][1] for i in wanted if (h := self._histories[i]).events]
@@ -151,7 +151,7 @@ class PostgresPointInTime:
     async def _at(self, cls: type[Aggregate], aggregate_id: object, cut: Cut) -> Any:
         """The aggregate as of `cut`, or None (no such thing then, or of another kind)."""
         uid = _uuid(aggregate_id)
-        if uid is None or uid == LEDGER_ID:  # the ledger is no record, and too long to load
+        if uid is None or _ledger(uid):  # the ledger is no record, and too long to load
             return None
         found = (await self._history(uid)).at(cut)
         return found if isinstance(found, cls) else None
@@ -244,6 +244,11 @@ class PostgresPointInTime:
             replaced_by=a.replaced_by,
         )
         return msgspec.to_builtins(line)
+
+
+def _ledger(aggregate_id: UUID) -> bool:
+    """Whether the id is one of the ledger's chains (a shard, or the anchors)."""
+    return aggregate_id == ANCHOR_ID or shard_number(aggregate_id) is not None
 
 
 def _uuid(value: object) -> UUID | None:

@@ -24,9 +24,10 @@ Every tick (`Sampler.sample`):
 When a query fails or times out, the gauges it feeds keep their last values and
 `carnet_database_up` says 0.
 
-The ledger's hash chain is verified in a task of its own (`verify_every`): the
-whole chain at start, then only what was appended since (`verify_ledger_after`),
-and the whole chain again every `full_every` verifications.
+The ledger's hash chains are verified in a task of its own (`verify_every`):
+every shard whole at start, then only what each shard appended since
+(`verify_ledger_after`), and every shard whole again every `full_every`
+verifications.
 
 `watch_loop` measures the event loop's lag: it sleeps LOOP_PERIOD and records how
 much later than asked it woke up.
@@ -172,11 +173,13 @@ class Sampler:
         self.verifications += 1
         if finding is not None:
             log.error(
-                "access ledger TAMPERED: first bad entry is #%d (%s): %s",
+                "access ledger TAMPERED: first bad entry is shard %d #%d (%s): %s",
+                finding.shard,
                 finding.version,
                 finding.kind,
                 finding.detail,
             )
+            # Intact before the first bad entry (of its shard).
             LEDGER_VERIFICATION.record(False, time.time(), finding.version - 1)
             self.verifications = 0  # the next one reads the whole chain again
             return False

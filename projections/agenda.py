@@ -4,14 +4,54 @@ its status, motive and the patient's display name."""
 from collections.abc import Mapping
 from typing import Any
 
-from projections.appointments import status_ops
-from projections.base import Op
+from projections.appointments import STATUS_KINDS, status_ops
+from projections.base import Op, per_tables
 from projections.common import kind
+
+
+@per_tables
+def _sql(t: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "patient": f"INSERT INTO {t['patients']} SELECT * FROM unnest($1::uuid[], $2::text[])",
+        "practitioner": f"""INSERT INTO {t["practitioners"]}
+                        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[])""",
+        "motive": f"""INSERT INTO {t["motives"]}
+                        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])
+                        ON CONFLICT (practitioner_id, motive_id)
+                        DO UPDATE SET name = excluded.name""",
+        "booked": f"""INSERT INTO {t["appointments"]}
+                        SELECT u.id, u.practitioner_id, u.establishment_id,
+                            (u.start_at AT TIME ZONE p.timezone)::date, u.start_at, u.end_at,
+                            u.motive_id,
+                            (SELECT name FROM {t["motives"]} m
+                             WHERE m.practitioner_id = u.practitioner_id
+                               AND m.motive_id = u.motive_id),
+                            u.patient_id,
+                            (SELECT display_name FROM {t["patients"]} WHERE id = u.patient_id),
+                            'booked', u.source, u.replaces, NULL, NULL
+                        FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[],
+                            $5::timestamptz[], $6::text[], $7::uuid[], $8::text[], $9::uuid[])
+                            AS u(id, practitioner_id, establishment_id, start_at, end_at,
+                                motive_id, patient_id, source, replaces)
+                        JOIN {t["practitioners"]} p ON p.id = u.practitioner_id""",
+    }
 
 
 class AgendaProjection:
     name = "agenda"
     tables: tuple[str, ...] = ("patients", "practitioners", "motives", "appointments")
+
+    handles = (
+        frozenset(
+            {
+                "Patient.Registered",
+                "Practitioner.Registered",
+                "Practitioner.MotiveAdded",
+                "Appointment.Booked",
+            }
+        )
+        | STATUS_KINDS
+    )
 
     def ddl(self, t: Mapping[str, str]) -> list[str]:
         return [
@@ -33,39 +73,37 @@ class AgendaProjection:
         ]
 
     def apply(self, event: Any, t: Mapping[str, str]) -> list[Op]:
+        """Set-based (see `Op`): each statement takes its arguments as arrays, one row each."""
+        sql = _sql(t)
         match kind(event):
             case "Patient.Registered":
                 return [
                     Op(
-                        f"INSERT INTO {t['patients']} VALUES ($1, $2)",
+                        sql["patient"],
                         (event.originator_id, f"{event.first_name} {event.last_name}"),
+                        key=("patients", event.originator_id),
                     )
                 ]
             case "Practitioner.Registered":
                 return [
                     Op(
-                        f"INSERT INTO {t['practitioners']} VALUES ($1, $2, $3)",
+                        sql["practitioner"],
                         (event.originator_id, event.establishment_id, event.timezone),
+                        key=("practitioners", event.originator_id),
                     )
                 ]
             case "Practitioner.MotiveAdded":
                 return [
                     Op(
-                        f"""INSERT INTO {t["motives"]} VALUES ($1, $2, $3)
-                        ON CONFLICT (practitioner_id, motive_id) DO UPDATE SET name = $3""",
+                        sql["motive"],
                         (event.originator_id, event.motive.id, event.motive.name),
+                        key=("motives", (event.originator_id, event.motive.id)),
                     )
                 ]
             case "Appointment.Booked":
                 return [
                     Op(
-                        f"""INSERT INTO {t["appointments"]}
-                        SELECT $1, $2, $3, ($4 AT TIME ZONE p.timezone)::date, $4, $5, $6,
-                            (SELECT name FROM {t["motives"]}
-                             WHERE practitioner_id = $2 AND motive_id = $6),
-                            $7, (SELECT display_name FROM {t["patients"]} WHERE id = $7),
-                            'booked', $8, $9, NULL, NULL
-                        FROM {t["practitioners"]} p WHERE p.id = $2""",
+                        sql["booked"],
                         (
                             event.originator_id,
                             event.practitioner_id,
@@ -76,6 +114,12 @@ class AgendaProjection:
                             event.patient_id,
                             event.source.value,
                             event.replaces,
+                        ),
+                        key=("appointments", event.originator_id),
+                        reads=(
+                            ("practitioners", event.practitioner_id),
+                            ("motives", (event.practitioner_id, event.motive_id)),
+                            ("patients", event.patient_id),
                         ),
                     )
                 ]

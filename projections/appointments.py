@@ -8,7 +8,7 @@ address for the patient view).
 from collections.abc import Mapping
 from typing import Any
 
-from projections.base import Op
+from projections.base import Op, per_tables
 from projections.common import kind
 
 STATUS_BY_EVENT = {
@@ -16,26 +16,45 @@ STATUS_BY_EVENT = {
     "Appointment.MarkedNoShow": "noshow",
     "Appointment.MarkedFulfilled": "fulfilled",
 }
+# The kinds `status_ops` changes tables for.
+STATUS_KINDS = frozenset({*STATUS_BY_EVENT, "Appointment.Rescheduled"})
+
+
+@per_tables
+def _sql(t: Mapping[str, str]) -> dict[str, str]:
+    appointments = t["appointments"]
+    return {
+        "status": f"""UPDATE {appointments} a SET status = u.status,
+                    cancellation_reason = coalesce(u.reason, a.cancellation_reason)
+                FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, status, reason)
+                WHERE a.id = u.id""",
+        "rescheduled": f"""UPDATE {appointments} a
+                SET status = 'cancelled', replaced_by = u.replaced_by,
+                    cancellation_reason = 'rescheduled'
+                FROM unnest($1::uuid[], $2::uuid[]) AS u(id, replaced_by) WHERE a.id = u.id""",
+    }
 
 
 def status_ops(event: Any, t: Mapping[str, str]) -> list[Op]:
-    appointments = t["appointments"]
+    """Set-based (see `Op`): each statement takes its arguments as arrays, one row each."""
     name = kind(event)
     if name in STATUS_BY_EVENT:
+        sql = _sql(t)
         reason = getattr(event, "reason", None)
         return [
             Op(
-                f"UPDATE {appointments} SET status = $2, "
-                "cancellation_reason = coalesce($3, cancellation_reason) WHERE id = $1",
+                sql["status"],
                 (event.originator_id, STATUS_BY_EVENT[name], reason),
+                key=("appointments", event.originator_id),
             )
         ]
     if name == "Appointment.Rescheduled":
+        sql = _sql(t)
         return [
             Op(
-                f"UPDATE {appointments} SET status = 'cancelled', replaced_by = $2, "
-                "cancellation_reason = 'rescheduled' WHERE id = $1",
+                sql["rescheduled"],
                 (event.originator_id, event.replaced_by),
+                key=("appointments", event.originator_id),
             )
         ]
     return []

@@ -9,13 +9,32 @@ by the pure `domain.calendar.free_slots`, from these rows only.
 from collections.abc import Mapping
 from typing import Any
 
-from projections.base import Op
-from projections.common import directory_ddl, directory_ops, kind
+from projections.base import Op, per_tables
+from projections.common import DIRECTORY_KINDS, directory_ddl, directory_ops, kind
+
+
+@per_tables
+def _sql(t: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "opened": f"""INSERT INTO {t["days"]}
+                        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::date[])""",
+        "reserved": f"""INSERT INTO {t["bookings"]}
+                        SELECT u.appointment_id, d.practitioner_id, d.day, u.start_at, u.end_at
+                        FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[])
+                            AS u(day_id, appointment_id, start_at, end_at)
+                        JOIN {t["days"]} d ON d.id = u.day_id""",
+        "released": f"DELETE FROM {t['bookings']} WHERE appointment_id = ANY($1::uuid[])",
+    }
 
 
 class AvailabilityProjection:
     name = "availability"
     tables: tuple[str, ...] = ("establishments", "practitioners", "days", "bookings")
+
+    handles = (
+        frozenset({"AgendaDay.Opened", "AgendaDay.SlotReserved", "AgendaDay.SlotReleased"})
+        | DIRECTORY_KINDS
+    )
 
     def ddl(self, t: Mapping[str, str]) -> list[str]:
         return [
@@ -31,27 +50,32 @@ class AvailabilityProjection:
         ]
 
     def apply(self, event: Any, t: Mapping[str, str]) -> list[Op]:
+        """Set-based (see `Op`): each statement takes its arguments as arrays, one row each."""
+        sql = _sql(t)
         match kind(event):
             case "AgendaDay.Opened":
                 return [
                     Op(
-                        f"INSERT INTO {t['days']} VALUES ($1, $2, $3)",
+                        sql["opened"],
                         (event.originator_id, event.practitioner_id, event.day),
+                        key=("days", event.originator_id),
                     )
                 ]
             case "AgendaDay.SlotReserved":
                 return [
                     Op(
-                        f"""INSERT INTO {t["bookings"]}
-                        SELECT $2, practitioner_id, day, $3, $4 FROM {t["days"]} WHERE id = $1""",
+                        sql["reserved"],
                         (event.originator_id, event.appointment_id, event.start, event.end),
+                        key=("bookings", event.appointment_id),
+                        reads=(("days", event.originator_id),),
                     )
                 ]
             case "AgendaDay.SlotReleased":
                 return [
                     Op(
-                        f"DELETE FROM {t['bookings']} WHERE appointment_id = $1",
+                        sql["released"],
                         (event.appointment_id,),
+                        key=("bookings", event.appointment_id),
                     )
                 ]
         return directory_ops(event, t)

@@ -15,9 +15,9 @@ to every statement argument, and `as_json` to every string of a jsonb value.
 """
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -52,10 +52,48 @@ def as_json(value: Any) -> str:
     return encoded.decode()
 
 
+S = TypeVar("S")
+
+
+def per_tables(build: Callable[[Mapping[str, str]], S]) -> Callable[[Mapping[str, str]], S]:
+    """`build(t)` once per set of table names (live, shadow, an instance), then reused.
+
+    A projection's SQL texts depend only on the table names; formatting them for
+    every event cost more than running the projection's own logic.
+    """
+    built: dict[tuple[str, ...], S] = {}
+
+    def get(t: Mapping[str, str]) -> S:
+        names = tuple(t.values())
+        found = built.get(names)
+        if found is None:
+            found = built[names] = build(t)
+        return found
+
+    return get
+
+
 @dataclass(frozen=True)
 class Op:
+    """One change of a read model, for one event.
+
+    A plain Op is one statement with its arguments, run as it is.
+
+    A keyed Op (`key` set) is set-based: its SQL takes every argument as an
+    array (`unnest($1::uuid[], …)`) and `args` are this event's elements, one
+    row. The runner can then send the rows of many events as one statement
+    (one round trip, one plan, one pass over the indexes) instead of one
+    statement each. `key` names the row the Op writes and `reads` the rows of
+    other tables it reads, each as (logical table, primary key); the runner
+    reorders only Ops that share no such row with one written by the other,
+    so a keyed Op must not read or write anything it does not declare. A
+    plain Op is ordered against everything, as before.
+    """
+
     sql: str
     args: tuple[Any, ...] = ()
+    key: Hashable | None = None
+    reads: tuple[Hashable, ...] = ()
 
 
 class Tables(Mapping[str, str]):
@@ -75,6 +113,14 @@ class Tables(Mapping[str, str]):
 
 
 class Projection(Protocol):
+    """A read model. Optional attributes the runner looks for:
+
+    - `reads_ledger = True`: it is handed the access ledger's events too;
+    - `handles`: the kinds (`kind(event)`, e.g. "Appointment.Booked") for which
+      `apply` can return statements; the runner then only checks that events
+      of other kinds decode, without building them or calling `apply`.
+    """
+
     name: str
     tables: tuple[str, ...]
 

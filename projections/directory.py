@@ -5,12 +5,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from projections.base import Op
-from projections.common import directory_ddl, directory_ops
+from projections.common import DIRECTORY_KINDS, directory_ddl, directory_ops
 
 
 class DirectoryProjection:
     name = "directory"
     tables: tuple[str, ...] = ("establishments", "practitioners")
+
+    handles = DIRECTORY_KINDS
 
     def ddl(self, t: Mapping[str, str]) -> list[str]:
         return [

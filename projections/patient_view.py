@@ -3,14 +3,39 @@
 from collections.abc import Mapping
 from typing import Any
 
-from projections.appointments import status_ops
-from projections.base import Op
+from projections.appointments import STATUS_KINDS, status_ops
+from projections.base import Op, per_tables
 from projections.common import kind
+
+
+@per_tables
+def _sql(t: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "establishment": f"""INSERT INTO {t["establishments"]}
+                        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])""",
+        "practitioner": f"""INSERT INTO {t["practitioners"]}
+                        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[])""",
+        "booked": f"""INSERT INTO {t["appointments"]}
+                        SELECT u.id, u.patient_id, u.practitioner_id, p.name, p.specialty,
+                            u.establishment_id, e.name, e.address, e.city,
+                            u.motive_id, u.start_at, u.end_at, 'booked', u.replaces, NULL, NULL
+                        FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                            $6::timestamptz[], $7::timestamptz[], $8::uuid[])
+                            AS u(id, patient_id, practitioner_id, establishment_id, motive_id,
+                                start_at, end_at, replaces)
+                        LEFT JOIN {t["practitioners"]} p ON p.id = u.practitioner_id
+                        LEFT JOIN {t["establishments"]} e ON e.id = u.establishment_id""",
+    }
 
 
 class PatientViewProjection:
     name = "patient_view"
     tables: tuple[str, ...] = ("establishments", "practitioners", "appointments")
+
+    handles = (
+        frozenset({"Establishment.Registered", "Practitioner.Registered", "Appointment.Booked"})
+        | STATUS_KINDS
+    )
 
     def ddl(self, t: Mapping[str, str]) -> list[str]:
         return [
@@ -31,30 +56,29 @@ class PatientViewProjection:
         ]
 
     def apply(self, event: Any, t: Mapping[str, str]) -> list[Op]:
+        """Set-based (see `Op`): each statement takes its arguments as arrays, one row each."""
+        sql = _sql(t)
         match kind(event):
             case "Establishment.Registered":
                 return [
                     Op(
-                        f"INSERT INTO {t['establishments']} VALUES ($1, $2, $3, $4)",
+                        sql["establishment"],
                         (event.originator_id, event.name, event.address, event.city),
+                        key=("establishments", event.originator_id),
                     )
                 ]
             case "Practitioner.Registered":
                 return [
                     Op(
-                        f"INSERT INTO {t['practitioners']} VALUES ($1, $2, $3, $4)",
+                        sql["practitioner"],
                         (event.originator_id, event.name, event.specialty, event.establishment_id),
+                        key=("practitioners", event.originator_id),
                     )
                 ]
             case "Appointment.Booked":
                 return [
                     Op(
-                        f"""INSERT INTO {t["appointments"]}
-                        SELECT $1, $2, $3, p.name, p.specialty, $4, e.name, e.address, e.city,
-                            $5, $6, $7, 'booked', $8, NULL, NULL
-                        FROM (SELECT 1) one
-                        LEFT JOIN {t["practitioners"]} p ON p.id = $3
-                        LEFT JOIN {t["establishments"]} e ON e.id = $4""",
+                        sql["booked"],
                         (
                             event.originator_id,
                             event.patient_id,
@@ -64,6 +88,11 @@ class PatientViewProjection:
                             event.start,
                             event.end,
                             event.replaces,
+                        ),
+                        key=("appointments", event.originator_id),
+                        reads=(
+                            ("practitioners", event.practitioner_id),
+                            ("establishments", event.establishment_id),
                         ),
                     )
                 ]

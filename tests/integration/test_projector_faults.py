@@ -257,9 +257,14 @@ class PausedStore(EventStore):
         self.pid = 0
 
     async def read_after(
-        self, after: Checkpoint, limit: int = 1000, conn: Connection | None = None
+        self,
+        after: Checkpoint,
+        limit: int = 1000,
+        conn: Connection | None = None,
+        *,
+        metadata: bool = True,
     ) -> list[RecordedEvent]:
-        events = await super().read_after(after, limit, conn)
+        events = await super().read_after(after, limit, conn, metadata=metadata)
         if conn is not None and events and not self.read.is_set():
             self.pid = await conn.fetchval("SELECT pg_backend_pid()")
             self.read.set()
