@@ -9,7 +9,7 @@ a write and its access entry are in the log together or not at all.
 import asyncio
 import dataclasses
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import uuid4
 
@@ -43,22 +43,16 @@ from infra.ledger import (
 )
 from infra.schema import SCHEMA
 from services.ports import Metadata, VersionConflict
+from tests.integration.test_ledger import access as ledger_entry
 
 T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
 META = Metadata(actor_kind="admin", actor_id="test")
 
 
 def access(n: int, actor: str = "practitioner") -> AccessRecord:
-    return AccessRecord(
-        actor_kind=actor,
-        actor_id=f"{actor}-{n}",
-        action="read",
-        resource_type="appointment",
-        record_ids=(f"appointment-{n}",),
-        patient_ids=(f"patient-{n}",),
-        at=T0 + timedelta(milliseconds=n),
-        as_of=n,
-    )
+    """An entry of test_ledger's kind; by a practitioner unless told (the tamper test
+    rewrites that)."""
+    return ledger_entry(n, actor)
 
 
 async def spread(pool: asyncpg.Pool, count: int = 40) -> list[int]:
