@@ -26,14 +26,19 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import DomainEvent
 
 Action = Literal["read", "search", "export", "create", "change", "delete"]
-# "attempted": a change about to be made, recorded first so that a change is
-# never made unrecorded (the ledger fails closed for writes too). Once writes
-# append their entry with their events (`Ledger.append_with`), it will mean:
-# tried, refused by a domain rule, nothing changed.
-Outcome = Literal["allowed", "denied", "not-found", "attempted"]
+# "refused": a change tried and refused (a domain rule, a conflict, bad
+# input): nothing changed. A change that is made appends its "allowed" entry
+# in the statement that appends its events (`Ledger.append_with`).
+# "attempted": the write-ahead entry every write recorded before that (the
+# change may then have been made); no longer written, still read.
+Outcome = Literal["allowed", "denied", "not-found", "refused", "attempted"]
 TamperKind = Literal["altered", "deleted", "inserted", "reordered"]
 
 _ACTIONS, _OUTCOMES = frozenset(get_args(Action)), frozenset(get_args(Outcome))
+
+# The `as_of` of an entry appended with the change it records: it reflects
+# the log as of itself (its own sequence), which it cannot know beforehand.
+AS_OF_ITSELF = -1
 
 LEDGER_ID = uuid5(NAMESPACE_URL, "/carnet/access-ledger")
 ANCHOR_ID = uuid5(NAMESPACE_URL, "/carnet/access-ledger/anchors")
@@ -134,6 +139,12 @@ class AccessRecord:
         if self.at.tzinfo is None:
             # A naive time would hash differently wherever it is read back.
             raise ValueError("`at` must be timezone-aware")
+
+    def reflecting(self, sequence: int) -> "AccessRecord":
+        """This record with its `as_of` said, for the entry at `sequence` (AS_OF_ITSELF)."""
+        if self.as_of != AS_OF_ITSELF:
+            return self
+        return dataclasses.replace(self, as_of=sequence, as_of_tx=0)
 
     def disclosures(self) -> tuple[Disclosure, ...]:
         """The items; for an entry written before items existed, what can be told of them.

@@ -132,7 +132,8 @@ async def load(
         shard = shard_number(r[1])
         if shard is None:
             raise UnreadableEntry(r[2], f"position {r[0]} is not in an access-ledger shard")
-        found.append((int(r[0]), decode(mapper, r[2], r[3], r[4], r[1]).record))
+        sequence = int(r[0])
+        found.append((sequence, decode(mapper, r[2], r[3], r[4], r[1]).record.reflecting(sequence)))
     return found
 
 

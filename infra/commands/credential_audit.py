@@ -14,14 +14,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
 from domain.errors import DomainError, Forbidden, InvalidValue, NotFound
-from domain.ledger import AccessRecord
+from domain.ledger import AccessRecord, Outcome
 from infra.eventstore import EventStore
 from infra.ledger import Ledger
 from infra.repository import PostgresRepository
@@ -92,7 +92,7 @@ class AdminCommand:
         self,
         resource: str,
         action: str,
-        outcome: Literal["allowed", "denied", "not-found", "attempted"],
+        outcome: Outcome,
         noted: Noted,
     ) -> AccessRecord:
         return AccessRecord(

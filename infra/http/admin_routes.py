@@ -10,13 +10,15 @@ Listings are paged like `GET /ledger`: `limit`, and `after` set to the
 previous page's `next` (null on the last page).
 """
 
+from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 from aiohttp import web
 
-from domain.credentials import Grant
+from domain.credentials import Grant, Token
 from infra.http import schemas as s
-from infra.http.audit import note
+from infra.http.audit import Access, Describe, add, note
 from infra.http.keys import actor_of, meta_of, services_of
 from infra.http.wire import (
     path_id,
@@ -31,6 +33,21 @@ from services.ports import GrantRow, TokenQuery, TokenRow
 TOKEN_FIELDS = tuple(s.TokenInfoOut.__struct_fields__)
 ISSUED_FIELDS = tuple(f for f in s.TokenOut.__struct_fields__ if f != "token")
 GRANT_FIELDS = tuple(s.GrantOut.__struct_fields__)
+
+
+def describe_tokens(*fields: str) -> Describe:
+    """What a token write's answer discloses of the tokens it saves (Audit.describe)."""
+
+    async def describe(request: web.Request, saved: Sequence[Any]) -> Access:
+        tokens = [t.id for t in saved if isinstance(t, Token)]
+        return add(Access(), record_ids=tokens, fields=fields)
+
+    return describe
+
+
+async def describe_grants(request: web.Request, saved: Sequence[Any]) -> Access:
+    grants = [g.id for g in saved if isinstance(g, Grant)]
+    return add(Access(), record_ids=grants, fields=GRANT_FIELDS)
 
 
 async def _head(request: web.Request) -> int:

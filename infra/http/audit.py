@@ -18,14 +18,20 @@ from typing import Any
 
 from aiohttp import web
 
+from domain.agenda import AgendaDay
+from domain.directory import Patient
 from domain.errors import Forbidden, NotFound
-from domain.ledger import IDENTITY_FIELDS, AccessRecord, Disclosure
+from domain.ledger import AS_OF_ITSELF, IDENTITY_FIELDS, AccessRecord, Disclosure
 from infra.http.headers import USER_AGENT_LIMIT, escaped, header
 from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
 from infra.http.wire import HTTPProblem
+from infra.witness import WITNESS, Witness
 from services.actors import Actor, ActorKind
+from services.ports import Unavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a write's answer will disclose of the aggregates it saves (Audit.describe).
+Describe = Callable[[web.Request, Sequence[Any]], Awaitable["Access"]]
 PURPOSE_HEADER = "X-Purpose-Of-Use"
 WRITES = frozenset({"create", "change", "delete"})
 
@@ -35,6 +41,9 @@ class Audit:
     resource: str  # what kind of record: appointment, patient, agenda, …
     action: str  # read | search | export | create | change | delete
     ids: tuple[str, ...] = ()  # path parameters naming the records asked for
+    # A write's: what its answer will disclose of the aggregates it saves, for
+    # the entry appended with them (None: the records changed, no fields).
+    describe: "Describe | None" = None
 
 
 @dataclass
@@ -96,7 +105,30 @@ def note(
     replay: bool = False,
 ) -> None:
     """Say what this request disclosed or changed (`items`), or whose data it was about."""
-    access = request[ACCESS]
+    add(
+        request[ACCESS],
+        items=items,
+        record_ids=record_ids,
+        patient_ids=patient_ids,
+        fields=fields,
+        as_of=as_of,
+        as_of_tx=as_of_tx,
+        replay=replay,
+    )
+
+
+def add(
+    access: Access,
+    *,
+    items: Sequence[Disclosure] = (),
+    record_ids: Sequence[object] = (),
+    patient_ids: Sequence[object] = (),
+    fields: Sequence[str] = (),
+    as_of: int = 0,
+    as_of_tx: int = 0,
+    replay: bool = False,
+) -> Access:
+    """`access` with more noted in it (what `note` does to the request's)."""
     access.items += items
     access.record_ids += [str(i) for i in record_ids]
     access.patient_ids += [str(i) for i in patient_ids if i is not None]
@@ -107,6 +139,7 @@ def note(
         access.as_of, access.as_of_tx = as_of, as_of_tx
     access.replay = access.replay or replay
     access.noted = True
+    return access
 
 
 def selectors(request: web.Request) -> tuple[tuple[str, str], ...]:
@@ -166,15 +199,66 @@ async def record_refusal(request: web.Request, actor: Actor, audit: Audit, outco
     await request.app[SERVICES].ledger.record(record)
 
 
+async def changed(request: web.Request, aggregates: Sequence[Any]) -> Access:
+    """The records a write changes, as its entry names them when its route says no more."""
+    items = []
+    for a in aggregates:
+        if isinstance(a, AgendaDay):  # an index of the day's slots, about nobody
+            continue
+        patient = a.id if isinstance(a, Patient) else getattr(a, "patient_id", None)
+        establishment = getattr(a, "establishment_id", None)
+        if isinstance(a, Patient):
+            establishment = a.registered_by_establishment
+        items.append(
+            disclosed(
+                a.id,
+                patient_id=patient,
+                practitioner_id=getattr(a, "practitioner_id", None),
+                establishment_id=establishment,
+            )
+        )
+    return Access(items=items, noted=True)
+
+
+def _witness(request: web.Request, actor: Actor, audit: Audit) -> Witness:
+    """What a write's stores append with its events: the entry saying who changed what,
+    and what the answer will disclose of it (then the answer needs no entry of its own)."""
+    describe = audit.describe or changed
+
+    async def entry(aggregates: Sequence[Any]) -> AccessRecord:
+        access = await describe(request, aggregates)
+        access.as_of, access.as_of_tx = AS_OF_ITSELF, 0
+        return access_record(request, actor, audit, "allowed", access)
+
+    return Witness(request.app[SERVICES].ledger, entry)
+
+
+def _covered(answer: Access, written: Sequence[AccessRecord]) -> bool:
+    """Whether the entries appended with the changes already say all the answer disclosed."""
+    if not written or answer.replay:
+        return False
+    items = {(i.record_id, i.patient_id): i for w in written for i in w.items}
+    for i in answer.items:
+        had = items.get((i.record_id, i.patient_id))
+        if had is None or not set(i.fields) <= set(had.fields) or i.identified > had.identified:
+            return False
+    records = {r for w in written for r in w.record_ids}
+    patients = {p for w in written for p in w.patient_ids}
+    fields = {f for w in written for f in w.fields}
+    return (
+        set(answer.record_ids) <= records
+        and set(answer.patient_ids) <= patients
+        and set(answer.fields) <= fields
+    )
+
+
 def audited(audit: Audit, handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         actor: Actor = request[ACTOR]
         request[ACCESS] = Access()
-        if audit.action in WRITES:
-            # Write-ahead: if the ledger cannot take this, nothing changes.
-            await request.app[SERVICES].ledger.record(
-                access_record(request, actor, audit, "attempted", _asked_for(request, audit))
-            )
+        witness = _witness(request, actor, audit) if audit.action in WRITES else None
+        # A write's change and its entry are appended in one statement (infra/witness.py).
+        reset = WITNESS.set(witness)
         try:
             response = await handler(request)
         except NotFound:
@@ -186,10 +270,23 @@ def audited(audit: Audit, handler: Handler) -> Handler:
         except HTTPProblem as e:
             if e.problem.status == 404:
                 await record_refusal(request, actor, audit, "not-found")
+            elif witness is not None and not witness.written:
+                await record_refusal(request, actor, audit, "refused")
             raise
+        except Unavailable:
+            raise  # nothing changed and nothing was disclosed; the ledger may be down too
+        except Exception:
+            if witness is not None and not witness.written:
+                # Tried and refused (a domain rule, a conflict): nothing changed.
+                await record_refusal(request, actor, audit, "refused")
+            raise
+        finally:
+            WITNESS.reset(reset)
         access = request[ACCESS]
         if not access.noted:
             raise RuntimeError(f"{request.method} {request.path} disclosed without noting what")
+        if witness is not None and _covered(access, witness.written):
+            return response  # its entry went in with the change
         # Fail closed: if this raises (LedgerUnavailable), nothing is sent.
         await request.app[SERVICES].ledger.record(
             access_record(request, actor, audit, "allowed", access)

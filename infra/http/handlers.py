@@ -1,16 +1,18 @@
 """Route handlers: decode, call one use case, render. No SQL here."""
 
 import re
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import msgspec
 from aiohttp import web
 
 from domain.agenda import Appointment
+from domain.directory import CareRelationship, Patient
 from domain.ledger import Disclosure
 from domain.values import Absence, BookingPolicy, Motive, OpeningHours, Sex
 from infra.http import schemas as s
-from infra.http.audit import disclosed, note
+from infra.http.audit import Access, add, disclosed, note
 from infra.http.convert import (
     appointment_out,
     establishment_out,
@@ -109,6 +111,68 @@ def _patient_item(patient_id: object, establishment_id: object) -> Disclosure:
         establishment_id=establishment_id,
         fields=PATIENT_FIELDS,
     )
+
+
+# What each write's answer will disclose of what it saves (Audit.describe):
+# the entry appended with the change says it, and the answer needs no other.
+# Each mirrors its handler's `note`; one that says less only costs an entry.
+
+
+async def describe_registration(request: web.Request, saved: Sequence[Any]) -> Access:
+    actor = actor_of(request)
+    registrar = actor.establishment_id if actor.kind is ActorKind.STAFF else None
+    patients = [p for p in saved if isinstance(p, Patient)]
+    return add(Access(), items=[_patient_item(p.id, registrar) for p in patients])
+
+
+async def describe_contact(request: web.Request, saved: Sequence[Any]) -> Access:
+    patients = [p for p in saved if isinstance(p, Patient)]
+    return add(
+        Access(),
+        items=[_patient_item(p.id, p.registered_by_establishment) for p in patients],
+    )
+
+
+async def describe_consent(request: web.Request, saved: Sequence[Any]) -> Access:
+    items = [
+        disclosed(
+            r.patient_id,
+            patient_id=r.patient_id,
+            establishment_id=r.establishment_id,
+            fields=("consent",),
+        )
+        for r in saved
+        if isinstance(r, CareRelationship)
+    ]
+    return add(Access(), items=items)
+
+
+# The appointment a reschedule replaces: what its answer tells of it.
+REPLACED_FIELDS = ("status", "replaced_by", "cancellation_reason")
+
+
+async def describe_appointments(request: web.Request, saved: Sequence[Any]) -> Access:
+    booking, actor = services_of(request).booking, actor_of(request)
+    replaced = request.match_info.get("appointment_id") if request.method == "POST" else None
+    items = []
+    for a in saved:
+        if not isinstance(a, Appointment):
+            continue
+        if a.replaced_by is not None and str(a.id) == replaced:
+            fields: Sequence[str] = REPLACED_FIELDS
+        else:
+            hidden = await booking.hidden_for(actor, a)
+            fields = [f for f in APPOINTMENT_FIELDS if f not in hidden]
+        items.append(
+            disclosed(
+                a.id,
+                patient_id=a.patient_id,
+                practitioner_id=a.practitioner_id,
+                establishment_id=a.establishment_id,
+                fields=fields,
+            )
+        )
+    return add(Access(), items=items)
 
 
 # -- patients ---------------------------------------------------------------
@@ -299,7 +363,7 @@ async def reschedule(request: web.Request) -> web.Response:
                 patient_id=new.patient_id,
                 practitioner_id=new.practitioner_id,
                 establishment_id=new.establishment_id,
-                fields=("status", "replaced_by", "cancellation_reason"),
+                fields=REPLACED_FIELDS,
             )
         ],
     )

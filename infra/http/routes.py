@@ -45,6 +45,8 @@ class Route:
     audit: Audit | None = None
 
 
+ROTATED = ad.ISSUED_FIELDS  # a rotation's answer: the old token's state, the new one
+
 ROUTES: tuple[Route, ...] = (
     Route(
         "GET",
@@ -214,7 +216,7 @@ ROUTES: tuple[Route, ...] = (
         201,
         s.RegisterPatient,
         errors=WRITE_ERRORS,
-        audit=Audit("patient", "create"),
+        audit=Audit("patient", "create", describe=h.describe_registration),
     ),
     Route(
         "GET",
@@ -235,7 +237,7 @@ ROUTES: tuple[Route, ...] = (
         200,
         s.ChangeContactDetails,
         errors=WRITE_ERRORS,
-        audit=Audit("patient", "change", ("patient_id",)),
+        audit=Audit("patient", "change", ("patient_id",), h.describe_contact),
     ),
     Route(
         "POST",
@@ -247,7 +249,7 @@ ROUTES: tuple[Route, ...] = (
         200,
         s.GiveConsent,
         errors=WRITE_ERRORS,
-        audit=Audit("patient", "change", ("patient_id",)),
+        audit=Audit("patient", "change", ("patient_id",), h.describe_consent),
     ),
     Route(
         "POST",
@@ -260,7 +262,7 @@ ROUTES: tuple[Route, ...] = (
         s.BookAppointment,
         errors=WRITE_ERRORS,
         headers=("Idempotency-Key",),
-        audit=Audit("appointment", "create"),
+        audit=Audit("appointment", "create", describe=h.describe_appointments),
     ),
     Route(
         "GET",
@@ -281,7 +283,7 @@ ROUTES: tuple[Route, ...] = (
         200,
         s.CancelAppointment,
         errors=WRITE_ERRORS,
-        audit=Audit("appointment", "change", ("appointment_id",)),
+        audit=Audit("appointment", "change", ("appointment_id",), h.describe_appointments),
     ),
     Route(
         "POST",
@@ -293,7 +295,7 @@ ROUTES: tuple[Route, ...] = (
         201,
         s.RescheduleAppointment,
         errors=WRITE_ERRORS,
-        audit=Audit("appointment", "change", ("appointment_id",)),
+        audit=Audit("appointment", "change", ("appointment_id",), h.describe_appointments),
     ),
     Route(
         "POST",
@@ -303,7 +305,7 @@ ROUTES: tuple[Route, ...] = (
         "booking",
         s.AppointmentOut,
         errors=WRITE_ERRORS,
-        audit=Audit("appointment", "change", ("appointment_id",)),
+        audit=Audit("appointment", "change", ("appointment_id",), h.describe_appointments),
     ),
     Route(
         "POST",
@@ -313,7 +315,7 @@ ROUTES: tuple[Route, ...] = (
         "booking",
         s.AppointmentOut,
         errors=WRITE_ERRORS,
-        audit=Audit("appointment", "change", ("appointment_id",)),
+        audit=Audit("appointment", "change", ("appointment_id",), h.describe_appointments),
     ),
     Route(
         "POST",
@@ -325,7 +327,7 @@ ROUTES: tuple[Route, ...] = (
         201,
         s.IssueToken,
         errors=WRITE_ERRORS,
-        audit=Audit("token", "create"),
+        audit=Audit("token", "create", describe=ad.describe_tokens(*ad.ISSUED_FIELDS)),
     ),
     Route(
         "GET",
@@ -348,7 +350,7 @@ ROUTES: tuple[Route, ...] = (
         200,
         s.RevokeToken,
         errors=WRITE_ERRORS,
-        audit=Audit("token", "change", ("token_id",)),
+        audit=Audit("token", "change", ("token_id",), ad.describe_tokens("state")),
     ),
     Route(
         "POST",
@@ -358,7 +360,7 @@ ROUTES: tuple[Route, ...] = (
         "admin",
         s.TokenStateOut,
         errors=(401, 403, 404, 409, 422, 503),
-        audit=Audit("token", "change", ("token_id",)),
+        audit=Audit("token", "change", ("token_id",), ad.describe_tokens("state")),
     ),
     Route(
         "POST",
@@ -372,7 +374,9 @@ ROUTES: tuple[Route, ...] = (
         s.RotateToken,
         body_optional=True,
         errors=WRITE_ERRORS,
-        audit=Audit("token", "change", ("token_id",)),
+        audit=Audit(
+            "token", "change", ("token_id",), ad.describe_tokens("state", *ad.ISSUED_FIELDS)
+        ),
     ),
     Route(
         "GET",
@@ -406,7 +410,7 @@ ROUTES: tuple[Route, ...] = (
         200,
         s.GrantScopes,
         errors=WRITE_ERRORS,
-        audit=Audit("grant", "change", ("practitioner_id", "integration_id")),
+        audit=Audit("grant", "change", ("practitioner_id", "integration_id"), ad.describe_grants),
     ),
     Route(
         "DELETE",
@@ -416,7 +420,7 @@ ROUTES: tuple[Route, ...] = (
         "integrations",
         s.GrantOut,
         errors=(401, 404, 409, 503),
-        audit=Audit("grant", "delete", ("practitioner_id", "integration_id")),
+        audit=Audit("grant", "delete", ("practitioner_id", "integration_id"), ad.describe_grants),
     ),
     Route(
         "POST",

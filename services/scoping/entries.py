@@ -115,6 +115,7 @@ class Sorted:
         return ScopeAttempts(
             denied=of("denied"),
             not_found=of("not-found"),
+            refused=of("refused"),
             unsettled=tuple(attempt(s, e) for s, e in self._unsettled),
         )
 

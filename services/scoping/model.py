@@ -89,6 +89,7 @@ class ScopeSummary(msgspec.Struct, frozen=True, kw_only=True):
     not_found: int
     unsettled: int
     actors: int
+    refused: int = 0  # writes tried and refused: nothing changed
 
 
 class ScopeAccess(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,8 +179,10 @@ class ScopeAttempts(msgspec.Struct, frozen=True, kw_only=True):
     denied: tuple[ScopeAttempt, ...]
     not_found: tuple[ScopeAttempt, ...]
     # write-ahead entries with no entry saying how the request ended: the
-    # change may have been made
+    # change may have been made (databases written before writes appended
+    # their entry with their events)
     unsettled: tuple[ScopeAttempt, ...]
+    refused: tuple[ScopeAttempt, ...] = ()  # writes tried and refused: nothing changed
 
 
 class ScopeBaseline(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,7 +28,7 @@ from services.scoping.model import (
 )
 
 WRITES = frozenset({"create", "change", "delete"})
-REFUSED = frozenset({"denied", "not-found"})
+REFUSED = frozenset({"denied", "not-found", "refused"})
 # Over a longer span the timeline counts per day, so that it stays readable.
 HOURLY_SPAN = timedelta(days=14)
 
@@ -235,6 +235,7 @@ def scope(
         "denied": len(attempts.denied),
         "not_found": len(attempts.not_found),
         "unsettled": len(attempts.unsettled),
+        "refused": len(attempts.refused),
         "actors": len(who),
     }
     return Scope(

@@ -137,3 +137,109 @@ async def test_while_the_ledger_cannot_be_written_a_booking_changes_nothing(
     )
     await problem(answer, 503)
     assert await log_position(services) == before
+
+
+# Refuses only the entries that say a call succeeded: the write-ahead of
+# today's code (and every refusal) still goes in, the change's own entry not.
+REFUSE_ALLOWED = """
+CREATE FUNCTION carnet.test_refuse_allowed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'allowed entries are refused by the test';
+END $$;
+CREATE TRIGGER test_refuse_allowed BEFORE INSERT ON carnet.events
+    FOR EACH ROW WHEN (NEW.topic LIKE '%AccessRecorded%'
+        AND position('"outcome":"allowed"' in convert_from(NEW.state, 'UTF8')) > 0)
+    EXECUTE FUNCTION carnet.test_refuse_allowed();
+"""
+ALLOW_ALLOWED = """
+DROP TRIGGER IF EXISTS test_refuse_allowed ON carnet.events;
+DROP FUNCTION IF EXISTS carnet.test_refuse_allowed();
+"""
+
+
+async def _events_since(pool: Any, position: int) -> list[tuple[str, str]]:
+    rows = await pool.fetch(
+        "SELECT originator_id::text, topic FROM carnet.events WHERE position > $1 "
+        "ORDER BY position",
+        position,
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def test_a_write_whose_entry_cannot_be_written_leaves_neither_the_change_nor_an_entry(
+    client: TestClient, world: World, services: Any, pool: Any
+):
+    """The change's events and its access entry are one statement: no change
+    stands without the entry that says who made it, and no entry says a
+    change was tried that then stood unrecorded."""
+    slot = paris(WEDNESDAY, "11:00")
+    before = await log_position(services)
+    await pool.execute(REFUSE_ALLOWED)
+    try:
+        answer = await client.post(
+            "/appointments",
+            json={
+                "practitioner_id": str(world.practitioner),
+                "motive_id": "consultation",
+                "start": slot,
+            },
+            headers=world.auth("patient"),
+        )
+        await problem(answer, 503)
+        assert [t for _, t in await _events_since(pool, before) if "Appointment" in t] == []
+        assert [t for _, t in await _events_since(pool, before) if "AgendaDay" in t] == []
+    finally:
+        await pool.execute(ALLOW_ALLOWED)
+    # The slot was never taken: the same booking now goes through, recorded.
+    watch = LedgerWatch(pool)
+    await watch.mark()
+    made = await booked(client, world, slot)
+    recorded = [e.record for e in await watch.new()]
+    assert [r.outcome for r in recorded if made["id"] in r.record_ids][:1] == ["allowed"]
+
+
+async def test_a_change_and_its_entry_commit_in_one_transaction(
+    client: TestClient, world: World, services: Any, pool: Any
+):
+    before = await log_position(services)
+    watch = LedgerWatch(pool)
+    await watch.mark()
+    made = await booked(client, world, paris(WEDNESDAY, "11:20"))
+    rows = await pool.fetch(
+        "SELECT originator_id::text, topic, tx::text FROM carnet.events WHERE position > $1",
+        before,
+    )
+    change = {r[2] for r in rows if r[0] == made["id"]}
+    assert len(change) == 1, rows
+    with_it = [r[1] for r in rows if r[2] in change and "AccessRecorded" in r[1]]
+    assert len(with_it) == 1, rows
+    # No write-ahead entry is left: the entry with the change says it was made.
+    assert [e.record.outcome for e in await watch.new() if made["id"] in e.record.record_ids][
+        :1
+    ] == ["allowed"]
+    assert "attempted" not in [e.record.outcome for e in await LedgerWatch(pool).new()]
+
+
+async def test_a_write_refused_by_a_rule_changes_nothing_and_is_recorded_as_refused(
+    client: TestClient, world: World, services: Any, pool: Any
+):
+    slot = paris(WEDNESDAY, "11:40")
+    await booked(client, world, slot)
+    before = await log_position(services)
+    watch = LedgerWatch(pool)
+    await watch.mark()
+    answer = await client.post(
+        "/appointments",
+        json={
+            "practitioner_id": str(world.practitioner),
+            "motive_id": "consultation",
+            "start": slot,
+        },
+        headers=world.auth("other_patient"),
+    )
+    await problem(answer, 409)
+    recorded = [e.record for e in await watch.new()]
+    assert [(r.action, r.outcome) for r in recorded] == [("create", "refused")]
+    assert recorded[0].patient_ids == (str(world.other_patient),)
+    # Only the entry went in: no change.
+    assert [t for _, t in await _events_since(pool, before) if "AccessRecorded" not in t] == []

@@ -508,7 +508,7 @@ async def test_an_audited_route_leaves_one_entry_naming_the_records_it_touched(
     expect = await EXAMPLES[route](scene)
 
     assert len(scene.entries) == 1, scene.entries
-    record = scene.entries[0].record
+    record = scene.entries[0].record.reflecting(scene.entries[0].sequence)
     actor = world.actors[expect.who]
     assert (record.actor_kind, record.actor_id, record.token_id) == (
         actor.kind.value,

@@ -65,9 +65,9 @@ class Calls:
 
 
 async def entries_by_request(pool: asyncpg.Pool) -> dict[str, AccessRecord]:
-    """The settled ledger entries (not the write-ahead ones), by request id."""
+    """The allowed ledger entries by request id, each with its as_of said."""
     return {
-        e.record.request_id: e.record
+        e.record.request_id: e.record.reflecting(e.sequence)
         for e in await read_chain(pool)
         if e.record.outcome == "allowed"
     }
