@@ -153,6 +153,11 @@ async def open_pool(
         timeout=settings.database_timeout,
         command_timeout=STATEMENT_TIMEOUT,
         reset=release_connection,
+        # Plan each run for the tables as they are: a generic plan made while
+        # the log was small scanned all of it ever after (the aggregate cache's
+        # catch-up read every event on every booking; tests/integration/
+        # test_query_plans.py). Planning costs less than that risk, measured.
+        server_settings={"plan_cache_mode": "force_custom_plan"},
     )
     try:
         if schema == "none":
