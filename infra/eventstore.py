@@ -23,19 +23,31 @@ from services.ports import Idempotency, IdempotentResult, Metadata, Unavailable,
 
 # One statement, so one round trip and an implicit transaction: the events
 # and, when there is one, the Idempotency-Key claim commit together.
-_APPEND = f"""
-WITH appended AS (
-    INSERT INTO {SCHEMA}.events (originator_id, originator_version, topic, state, metadata)
+_APPEND_TEMPLATE = """
+WITH {first}appended AS (
+    INSERT INTO {schema}.events (originator_id, originator_version, topic, state, metadata)
     SELECT u.id, u.version, u.topic, u.state, $5::jsonb
-    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bytea[]) AS u(id, version, topic, state)
+    FROM {source}unnest($1::uuid[], $2::int[], $3::text[], $4::bytea[])
+        AS u(id, version, topic, state)
     RETURNING position
 ), claimed AS (
-    INSERT INTO {SCHEMA}.idempotency_keys (scope, key, request_hash, result, position)
+    INSERT INTO {schema}.idempotency_keys (scope, key, request_hash, result, position)
     SELECT $6, $7, $8, $9, last FROM (SELECT max(position) AS last FROM appended) a
     WHERE $6::text IS NOT NULL
 )
 SELECT max(position) FROM appended
 """
+_APPEND = _APPEND_TEMPLATE.format(first="", source="", schema=SCHEMA)
+
+
+def ordered_append(lock: str) -> str:
+    """`_APPEND` that first takes `lock` (an advisory transaction lock, held to the
+    commit): in autocommit, the lock is held for this one statement and its commit."""
+    return _APPEND_TEMPLATE.format(
+        first=f"ordered AS ({lock}), ", source="ordered, ", schema=SCHEMA
+    )
+
+
 # The log's readable horizon: the oldest transaction still running that could
 # write to it. Below it, everything has either committed or rolled back, so
 # no row can commit "behind" a reader. That is the snapshot's xmin, except
@@ -198,8 +210,11 @@ class EventStore:
         events: Sequence[StoredEvent],
         meta: Metadata,
         idempotency: Idempotency | None = None,
+        sql: str = _APPEND,
     ) -> int:
-        """Insert on a given connection (in the caller's transaction, if it has one)."""
+        """Insert on a given connection (in the caller's transaction, if it has one).
+
+        `sql`: `_APPEND` or an `ordered_append`."""
         if not events:
             raise ValueError("nothing to append")
         claim = (
@@ -208,7 +223,7 @@ class EventStore:
             else (None, None, None, None)
         )
         position = await conn.fetchval(
-            _APPEND,
+            sql,
             [e.originator_id for e in events],
             [e.originator_version for e in events],
             [e.topic for e in events],

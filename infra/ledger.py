@@ -66,7 +66,7 @@ from domain.ledger import (
 )
 from infra.codec import TypedMapper
 from infra.deadlines import bounded
-from infra.eventstore import EventStore
+from infra.eventstore import EventStore, ordered_append
 from infra.metrics import (
     LEDGER_BATCH_ENTRIES,
     LEDGER_ENTRIES,
@@ -110,6 +110,7 @@ WHERE originator_id = $1 AND originator_version >= $2 ORDER BY originator_versio
 # Only the INSERT and its commit are serialised; chaining and encoding are not.
 ORDER_LOCK = 72810005
 _ORDERED = f"SELECT pg_advisory_xact_lock({ORDER_LOCK})"
+_APPEND = ordered_append(_ORDERED)  # a write's events and its entry, the lock first
 # A batch of one shard's entries; each row's position is its entry's sequence.
 _INSERT = f"""
 WITH ordered AS ({_ORDERED})
@@ -445,14 +446,18 @@ class Ledger:
             if shard.head is None:
                 shard.head = await self._read_head(shard.id, conn)
             (entry,) = self._chained(shard, [record])
+            rows = [*stored, self.mapper.to_stored_event(entry)]
             try:
-                # A savepoint when the caller is in a transaction: a lost race on
-                # the shard must not abort the caller's.
-                async with conn.transaction():
-                    await conn.execute(_ORDERED)  # held to the caller's commit
-                    position = await EventStore.append_on(
-                        conn, [*stored, self.mapper.to_stored_event(entry)], meta, idempotency
-                    )
+                if not conn.is_in_transaction():
+                    # One statement in autocommit: the ordering lock is held for
+                    # the INSERT and its commit only, never across a round trip.
+                    position = await EventStore.append_on(conn, rows, meta, idempotency, _APPEND)
+                else:
+                    # A savepoint in the caller's transaction: a lost race on the
+                    # shard must not abort it. The lock is held to its commit.
+                    async with conn.transaction():
+                        await conn.execute(_ORDERED)
+                        position = await EventStore.append_on(conn, rows, meta, idempotency)
             except asyncpg.UniqueViolationError as e:
                 if str(shard.id) not in (e.detail or ""):
                     VERSION_CONFLICTS.inc()

@@ -16,6 +16,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import get_topic
 
 from domain.ledger import (
     ANCHOR_ID,
@@ -369,4 +370,33 @@ async def test_writes_of_two_processes_on_one_shard_retry_and_stay_whole(db_url,
     chain = await read_chain(pool)
     assert [e.version for e in chain] == list(range(1, 63))
     assert await count(pool, "tests.things:Thing.Made") == 60
+    assert await verify_ledger(pool) is None
+
+
+async def test_writes_and_reads_of_two_processes_become_visible_in_sequence_order(db_url, pool):
+    """As test_ledger's reads-only case, with writes (each one statement in
+    autocommit, its lock first) mixed with group-committed read entries: a
+    reader paging by sequence never sees an entry appear below one it saw."""
+    other = await asyncpg.create_pool(db_url, min_size=1, max_size=4)
+    first, second = Ledger(EventStore(pool)), Ledger(EventStore(other))
+    try:
+        for _ in range(3):
+            await asyncio.gather(
+                *(first.append_with([thing()], META, None, access(n)) for n in range(60)),
+                *(second.append_with([thing()], META, None, access(n, "b")) for n in range(60)),
+                *(first.record(access(n, "c")) for n in range(60)),
+                *(second.record(access(n, "d")) for n in range(60)),
+            )
+    finally:
+        await first.close()
+        await second.close()
+        await other.close()
+    inverted = await pool.fetchval(
+        f"""SELECT count(*) FROM (
+            SELECT tx, lag(tx) OVER (ORDER BY position) AS before FROM {SCHEMA}.events
+            WHERE topic = $1) t WHERE tx < before""",
+        get_topic(AccessRecorded),
+    )
+    assert inverted == 0
+    assert await count(pool, "tests.things:Thing.Made") == 360
     assert await verify_ledger(pool) is None
