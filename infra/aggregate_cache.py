@@ -181,25 +181,26 @@ class AggregateCache:
             rows = rows[1:]
         if any(r[1] != version + n for n, r in enumerate(rows, start=1)):
             return None  # a gap: never from one log, read it again whole
-        new = (StoredEvent(aggregate_id, r[1], r[3], r[4]) for r in rows)
-        events = tuple(self._decoded(item) for item in (*old, *new))
+        new = [StoredEvent(aggregate_id, r[1], r[3], r[4]) for r in rows]
+        # Only what is decoded now needs checking: a decoded event in the
+        # entry passed when it was first remembered.
+        fresh = [self.mapper.to_domain_event(e) for e in (*old, *new) if isinstance(e, StoredEvent)]
+        decoded = iter(fresh)
+        events = tuple(next(decoded) if isinstance(e, StoredEvent) else e for e in (*old, *new))
         if rows:
             # An aggregate's later versions always sit at later positions.
             last = rows[-1][2]
         if events:
-            self._remember(aggregate_id, events, last)
+            self._remember(aggregate_id, events, last, fresh)
         return Loaded(events, last)
 
-    def _decoded(self, item: Any) -> Any:
-        if isinstance(item, StoredEvent):
-            return self.mapper.to_domain_event(item)
-        return item
-
-    def _remember(self, aggregate_id: UUID, events: tuple[Any, ...], anchor: int) -> None:
+    def _remember(
+        self, aggregate_id: UUID, events: tuple[Any, ...], anchor: int, fresh: Sequence[Any]
+    ) -> None:
         current = self._entries.get(aggregate_id)
         if current is not None and current.version > len(events):
             return  # a save fed newer events while this read was on its way
-        if self.capacity == 0 or not all(_event_frozen(e) for e in events):
+        if self.capacity == 0 or not all(_event_frozen(e) for e in fresh):
             self._entries.pop(aggregate_id, None)
             return
         self._put(aggregate_id, Entry(events, anchor))

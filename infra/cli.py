@@ -38,6 +38,7 @@ from infra.http.keys import Services
 from infra.http.server import ProblemRunner
 from infra.http.throttle import ThrottlePolicy
 from infra.ledger import anchor_now
+from infra.loop import run_main
 from infra.metrics_server import serve_metrics
 from infra.migrations import SchemaMismatch, log_ahead_of_server, migrate, schema_version
 from infra.nats_worker import NatsProjector
@@ -736,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     servers = start_servers(settings, nats_needed=args.command in NEEDS_NATS)
     try:
-        asyncio.run(COMMANDS[args.command](settings, servers, args))
+        run_main(COMMANDS[args.command](settings, servers, args))
     except SchemaMismatch as e:
         print(f"carnet: {e}", file=sys.stderr)
         return 1

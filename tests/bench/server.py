@@ -26,6 +26,7 @@ from infra.eventstore import EventStore
 from infra.http.app import create_app
 from infra.http.throttle import ThrottlePolicy
 from infra.ledger import Ledger
+from infra.loop import run_main
 from services.ports import Idempotency, Metadata
 from tests.conftest import T0, FakeClock
 
@@ -113,10 +114,10 @@ def main() -> None:
     run = serve(args.kind, args.database_url, args.port, args.ledger, args.ledger_interval)
     profile_to = os.environ.get("CARNET_BENCH_PROFILE")
     if not profile_to:
-        asyncio.run(run)
+        run_main(run)
         return
     with cProfile.Profile() as profile:
-        asyncio.run(run)
+        run_main(run)
     profile.dump_stats(profile_to)
 
 
