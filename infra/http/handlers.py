@@ -163,15 +163,7 @@ async def describe_appointments(request: web.Request, saved: Sequence[Any]) -> A
         else:
             hidden = await booking.hidden_for(actor, a)
             fields = [f for f in APPOINTMENT_FIELDS if f not in hidden]
-        items.append(
-            disclosed(
-                a.id,
-                patient_id=a.patient_id,
-                practitioner_id=a.practitioner_id,
-                establishment_id=a.establishment_id,
-                fields=fields,
-            )
-        )
+        items.append(_appointment_item(a, fields))
     return add(Access(), items=items)
 
 
@@ -275,19 +267,16 @@ def _note_appointments(
     hidden: frozenset[str] = frozenset(),
 ) -> None:
     shown = [f for f in APPOINTMENT_FIELDS if f not in hidden]
-    note(
-        request,
-        items=[
-            disclosed(
-                a.id,
-                patient_id=a.patient_id,
-                practitioner_id=a.practitioner_id,
-                establishment_id=a.establishment_id,
-                fields=shown,
-            )
-            for a in appointments
-        ],
-        as_of=as_of,
+    note(request, items=[_appointment_item(a, shown) for a in appointments], as_of=as_of)
+
+
+def _appointment_item(a: Appointment, fields: Sequence[str]) -> Disclosure:
+    return disclosed(
+        a.id,
+        patient_id=a.patient_id,
+        practitioner_id=a.practitioner_id,
+        establishment_id=a.establishment_id,
+        fields=fields,
     )
 
 

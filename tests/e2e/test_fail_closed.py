@@ -126,15 +126,7 @@ async def test_while_the_ledger_cannot_be_written_a_booking_changes_nothing(
 ):
     before = await log_position(services)
     await ledger_switch.break_it()
-    answer = await client.post(
-        "/appointments",
-        json={
-            "practitioner_id": str(world.practitioner),
-            "motive_id": "consultation",
-            "start": paris(WEDNESDAY, "10:00"),
-        },
-        headers=world.auth("patient"),
-    )
+    answer = await _try_booking(client, world, paris(WEDNESDAY, "10:00"), "patient")
     await problem(answer, 503)
     assert await log_position(services) == before
 
@@ -157,6 +149,11 @@ DROP FUNCTION IF EXISTS carnet.test_refuse_allowed();
 """
 
 
+async def _try_booking(client: TestClient, world: World, start: str, who: str) -> Any:
+    body = {"practitioner_id": str(world.practitioner), "motive_id": "consultation", "start": start}
+    return await client.post("/appointments", json=body, headers=world.auth(who))
+
+
 async def _events_since(pool: Any, position: int) -> list[tuple[str, str]]:
     rows = await pool.fetch(
         "SELECT originator_id::text, topic FROM carnet.events WHERE position > $1 "
@@ -176,15 +173,7 @@ async def test_a_write_whose_entry_cannot_be_written_leaves_neither_the_change_n
     before = await log_position(services)
     await pool.execute(REFUSE_ALLOWED)
     try:
-        answer = await client.post(
-            "/appointments",
-            json={
-                "practitioner_id": str(world.practitioner),
-                "motive_id": "consultation",
-                "start": slot,
-            },
-            headers=world.auth("patient"),
-        )
+        answer = await _try_booking(client, world, slot, "patient")
         await problem(answer, 503)
         assert [t for _, t in await _events_since(pool, before) if "Appointment" in t] == []
         assert [t for _, t in await _events_since(pool, before) if "AgendaDay" in t] == []
@@ -228,15 +217,7 @@ async def test_a_write_refused_by_a_rule_changes_nothing_and_is_recorded_as_refu
     before = await log_position(services)
     watch = LedgerWatch(pool)
     await watch.mark()
-    answer = await client.post(
-        "/appointments",
-        json={
-            "practitioner_id": str(world.practitioner),
-            "motive_id": "consultation",
-            "start": slot,
-        },
-        headers=world.auth("other_patient"),
-    )
+    answer = await _try_booking(client, world, slot, "other_patient")
     await problem(answer, 409)
     recorded = [e.record for e in await watch.new()]
     assert [(r.action, r.outcome) for r in recorded] == [("create", "refused")]

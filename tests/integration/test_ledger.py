@@ -156,6 +156,16 @@ async def test_two_processes_write_at_once_on_their_own_shards_and_every_chain_v
     await third.close()
 
 
+async def inversions(pool: asyncpg.Pool) -> int:
+    """Entries whose transaction committed before that of an entry at a lower sequence."""
+    return await pool.fetchval(
+        f"""SELECT count(*) FROM (
+            SELECT tx, lag(tx) OVER (ORDER BY position) AS before FROM {SCHEMA}.events
+            WHERE topic = $1) t WHERE tx < before""",
+        get_topic(AccessRecorded),
+    )
+
+
 async def test_entries_become_visible_in_sequence_order_across_shards_and_processes(db_url, pool):
     """A reader paging by sequence (GET /ledger's `after`) must never see an entry
     appear below one it already saw. The index applies the log in (tx, position)
@@ -173,13 +183,7 @@ async def test_entries_become_visible_in_sequence_order_across_shards_and_proces
         await first.close()
         await second.close()
         await other_pool.close()
-    inverted = await pool.fetchval(
-        f"""SELECT count(*) FROM (
-            SELECT tx, lag(tx) OVER (ORDER BY position) AS before FROM {SCHEMA}.events
-            WHERE topic = $1) t WHERE tx < before""",
-        get_topic(AccessRecorded),
-    )
-    assert inverted == 0
+    assert await inversions(pool) == 0
 
 
 async def test_two_writers_on_one_shard_retry_on_conflict_and_keep_one_valid_chain(db_url, pool):

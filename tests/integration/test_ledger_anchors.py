@@ -16,7 +16,6 @@ from uuid import uuid4
 import asyncpg
 import pytest
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.utils import get_topic
 
 from domain.ledger import (
     ANCHOR_ID,
@@ -45,6 +44,7 @@ from infra.ledger import (
 from infra.schema import SCHEMA
 from services.ports import Metadata, VersionConflict
 from tests.integration.test_ledger import access as ledger_entry
+from tests.integration.test_ledger import inversions
 
 T0 = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
 META = Metadata(actor_kind="admin", actor_id="test")
@@ -391,12 +391,6 @@ async def test_writes_and_reads_of_two_processes_become_visible_in_sequence_orde
         await first.close()
         await second.close()
         await other.close()
-    inverted = await pool.fetchval(
-        f"""SELECT count(*) FROM (
-            SELECT tx, lag(tx) OVER (ORDER BY position) AS before FROM {SCHEMA}.events
-            WHERE topic = $1) t WHERE tx < before""",
-        get_topic(AccessRecorded),
-    )
-    assert inverted == 0
+    assert await inversions(pool) == 0
     assert await count(pool, "tests.things:Thing.Made") == 360
     assert await verify_ledger(pool) is None
