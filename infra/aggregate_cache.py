@@ -170,6 +170,38 @@ class AggregateCache:
                 loaded[aggregate_id] = result
         return loaded, stale
 
+    def remembered(self, ids: Iterable[UUID]) -> dict[UUID, Loaded] | None:
+        """Each aggregate as this process last knew it, without reading the log:
+        None unless every one is cached. Possibly stale: for a write whose
+        append checks the versions (infra.repository `relied_on`)."""
+        wanted = list(dict.fromkeys(ids))
+        entries = [(i, self._entries.get(i)) for i in wanted]
+        if any(entry is None for _, entry in entries):
+            return None
+        loaded: dict[UUID, Loaded] = {}
+        for aggregate_id, entry in entries:
+            assert entry is not None
+            pending = [e for e in entry.events if isinstance(e, StoredEvent)]
+            if not pending:
+                self._entries.move_to_end(aggregate_id)
+                loaded[aggregate_id] = Loaded(entry.events, entry.anchor)
+                continue
+            # Events fed from a save: decoded now, by the mapper a read uses.
+            fresh = [self.mapper.to_domain_event(e) for e in pending]
+            if not all(_event_frozen(e) for e in fresh):
+                self._entries.pop(aggregate_id, None)
+                return None
+            decoded = iter(fresh)
+            events = tuple(next(decoded) if isinstance(e, StoredEvent) else e for e in entry.events)
+            self._put(aggregate_id, Entry(events, entry.anchor))
+            loaded[aggregate_id] = Loaded(events, entry.anchor)
+        return loaded
+
+    def forget(self, ids: Iterable[UUID]) -> None:
+        """Drop these entries (a write on them lost a race: the next read reads the log)."""
+        for aggregate_id in ids:
+            self._entries.pop(aggregate_id, None)
+
     def _merge(self, aggregate_id: UUID, entry: Entry | None, rows: list[Any]) -> Loaded | None:
         """The cached events and the new rows as one aggregate (None: the entry is stale)."""
         version, last = 0, 0

@@ -19,21 +19,37 @@ from eventsourcing.persistence import StoredEvent
 from infra.metrics import EVENTS_APPENDED, VERSION_CONFLICTS
 from infra.pgerrors import database_unavailable
 from infra.schema import SCHEMA
-from services.ports import Idempotency, IdempotentResult, Metadata, Unavailable, VersionConflict
+from services.ports import (
+    Idempotency,
+    IdempotentResult,
+    Metadata,
+    StaleRead,
+    Unavailable,
+    VersionConflict,
+)
 
 # One statement, so one round trip and an implicit transaction: the events
 # and, when there is one, the Idempotency-Key claim commit together.
+# $10/$11: the aggregates the write was decided on without reading the log
+# (each id at the version it had): if any is no longer at that version in the
+# log, nothing is inserted and the statement answers NULL (a stale read).
 _APPEND_TEMPLATE = """
 WITH {first}appended AS (
     INSERT INTO {schema}.events (originator_id, originator_version, topic, state, metadata)
     SELECT u.id, u.version, u.topic, u.state, $5::jsonb
     FROM {source}unnest($1::uuid[], $2::int[], $3::text[], $4::bytea[])
         AS u(id, version, topic, state)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM unnest($10::uuid[], $11::int[]) AS r(id, v)
+        WHERE EXISTS (SELECT 1 FROM {schema}.events e
+                      WHERE e.originator_id = r.id AND e.originator_version > r.v)
+           OR (r.v > 0 AND NOT EXISTS (SELECT 1 FROM {schema}.events e
+                      WHERE e.originator_id = r.id AND e.originator_version = r.v)))
     RETURNING position
 ), claimed AS (
     INSERT INTO {schema}.idempotency_keys (scope, key, request_hash, result, position)
     SELECT $6, $7, $8, $9, last FROM (SELECT max(position) AS last FROM appended) a
-    WHERE $6::text IS NOT NULL
+    WHERE $6::text IS NOT NULL AND last IS NOT NULL
 )
 SELECT max(position) FROM appended
 """
@@ -189,11 +205,14 @@ class EventStore:
         events: Sequence[StoredEvent],
         meta: Metadata,
         idempotency: Idempotency | None = None,
+        unchanged: Sequence[tuple[UUID, int]] = (),
     ) -> int:
         """Insert all events atomically; return the last position."""
         try:
             async with self.pool.acquire() as conn:
-                position = await self.append_on(conn, events, meta, idempotency)
+                position = await self.append_on(
+                    conn, events, meta, idempotency, unchanged=unchanged
+                )
         except asyncpg.UniqueViolationError as e:
             VERSION_CONFLICTS.inc()
             raise VersionConflict(str(e)) from None
@@ -211,10 +230,13 @@ class EventStore:
         meta: Metadata,
         idempotency: Idempotency | None = None,
         sql: str = _APPEND,
+        unchanged: Sequence[tuple[UUID, int]] = (),
     ) -> int:
         """Insert on a given connection (in the caller's transaction, if it has one).
 
-        `sql`: `_APPEND` or an `ordered_append`."""
+        `sql`: `_APPEND` or an `ordered_append`. `unchanged`: (id, version) of
+        aggregates the write relied on, read from memory rather than the log:
+        StaleRead, and nothing inserted, if any of them has moved on."""
         if not events:
             raise ValueError("nothing to append")
         claim = (
@@ -230,7 +252,12 @@ class EventStore:
             [e.state for e in events],
             _meta_encoder.encode(meta).decode(),
             *claim,
+            [i for i, _ in unchanged],
+            [v for _, v in unchanged],
         )
+        if position is None:
+            VERSION_CONFLICTS.inc()
+            raise StaleRead("a record this write was decided on has changed since")
         EVENTS_APPENDED.inc(len(events))
         return int(position)
 

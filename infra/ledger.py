@@ -231,21 +231,25 @@ class Ledger:
         meta: Metadata,
         idempotency: Idempotency | None,
         record: AccessRecord,
+        unchanged: Sequence[tuple[UUID, int]] = (),
     ) -> int:
         """Append a write's events and its access entry in one statement; the last position.
 
-        VersionConflict if the write's own events lost a race (the caller
-        retries it, with a new entry); a conflict on the shard is ours to
-        retry. Nothing is in the log unless everything is.
+        VersionConflict if the write's own events lost a race, StaleRead if an
+        aggregate in `unchanged` moved on (the caller retries either, with a
+        new entry); a conflict on the shard is ours to retry. Nothing is in
+        the log unless everything is.
         """
         if self.disabled:
-            return await self.store.append(stored, meta, idempotency)
+            return await self.store.append(stored, meta, idempotency, unchanged)
         self._encodable(record)
         shard = await self._checkout()
         try:
             async with self.store.pool.acquire() as conn:
                 position = await bounded(
-                    self._append_together(conn, shard, stored, meta, idempotency, record),
+                    self._append_together(
+                        conn, shard, stored, meta, idempotency, record, unchanged
+                    ),
                     self.write_timeout,
                     "the access ledger",
                 )
@@ -441,6 +445,7 @@ class Ledger:
         meta: Metadata,
         idempotency: Idempotency | None,
         record: AccessRecord,
+        unchanged: Sequence[tuple[UUID, int]] = (),
     ) -> int:
         for attempt in range(self.max_attempts):
             if shard.head is None:
@@ -451,13 +456,17 @@ class Ledger:
                 if not conn.is_in_transaction():
                     # One statement in autocommit: the ordering lock is held for
                     # the INSERT and its commit only, never across a round trip.
-                    position = await EventStore.append_on(conn, rows, meta, idempotency, _APPEND)
+                    position = await EventStore.append_on(
+                        conn, rows, meta, idempotency, _APPEND, unchanged
+                    )
                 else:
                     # A savepoint in the caller's transaction: a lost race on the
                     # shard must not abort it. The lock is held to its commit.
                     async with conn.transaction():
                         await conn.execute(_ORDERED)
-                        position = await EventStore.append_on(conn, rows, meta, idempotency)
+                        position = await EventStore.append_on(
+                            conn, rows, meta, idempotency, unchanged=unchanged
+                        )
             except asyncpg.UniqueViolationError as e:
                 if str(shard.id) not in (e.detail or ""):
                     VERSION_CONFLICTS.inc()

@@ -10,7 +10,7 @@ from infra.aggregate_cache import DEFAULT_CAPACITY, AggregateCache, Loaded
 from infra.codec import TypedMapper
 from infra.eventstore import EventStore
 from infra.witness import WITNESS
-from services.ports import A, Idempotency, IdempotentResult, Metadata
+from services.ports import A, Idempotency, IdempotentResult, Metadata, VersionConflict
 
 POSITION = "_carnet_log_position"
 
@@ -50,9 +50,17 @@ class PostgresRepository:
     async def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
         return (await self.get_many([(cls, aggregate_id)]))[0]
 
-    async def get_many(self, wanted: Sequence[tuple[type[A], UUID]]) -> list[A | None]:
-        """Several aggregates in one round trip, each as fresh as a full replay."""
-        loaded = await self.cache.load(self.store.pool, (i for _, i in wanted))
+    async def get_many(
+        self, wanted: Sequence[tuple[type[A], UUID]], *, remembered: bool = False
+    ) -> list[A | None]:
+        """Several aggregates in one round trip, each as fresh as a full replay.
+
+        `remembered`: from the cache alone when it holds them all (no round
+        trip), for a write whose save checks them (`relied_on`)."""
+        ids = [i for _, i in wanted]
+        loaded = self.cache.remembered(ids) if remembered else None
+        if loaded is None:
+            loaded = await self.cache.load(self.store.pool, ids)
         return [_build(cls, loaded.get(i)) for cls, i in wanted]
 
     async def save(
@@ -60,14 +68,25 @@ class PostgresRepository:
         aggregates: Sequence[Aggregate],
         meta: Metadata,
         idempotency: Idempotency | None = None,
+        *,
+        relied_on: Sequence[Aggregate | None] = (),
     ) -> int:
         pending = [e for a in aggregates for e in a.collect_events()]
         stored = [self.mapper.to_stored_event(e) for e in pending]
+        changed = {e.originator_id for e in pending}
+        # What the write was decided on, at the version it was read at: the
+        # append inserts nothing if any has moved on since (StaleRead).
+        unchanged = [(a.id, a.version) for a in relied_on if a is not None and a.id not in changed]
         witness = WITNESS.get()
-        if witness is None or not stored:
-            position = await self.store.append(stored, meta, idempotency)
-        else:  # an audited write: its entry goes in with it (infra/witness.py)
-            position = await witness.append(stored, aggregates, meta, idempotency)
+        try:
+            if witness is None or not stored:
+                position = await self.store.append(stored, meta, idempotency, unchanged)
+            else:  # an audited write: its entry goes in with it (infra/witness.py)
+                position = await witness.append(stored, aggregates, meta, idempotency, unchanged)
+        except VersionConflict:
+            # Whatever is cached of them is behind the log: the retry reads it.
+            self.cache.forget([*changed, *(i for i, _ in unchanged)])
+            raise
         self.cache.saved(stored)  # aggregate cache (S2): the next get fetches nothing new
         return position
 

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
@@ -32,9 +33,10 @@ class Witness:
         aggregates: Sequence[Any],
         meta: Metadata,
         idempotency: Idempotency | None,
+        unchanged: Sequence[tuple[UUID, int]] = (),
     ) -> int:
         record = await self.entry(aggregates)
-        position = await self.ledger.append_with(stored, meta, idempotency, record)
+        position = await self.ledger.append_with(stored, meta, idempotency, record, unchanged)
         self.written.append(record)
         return position
 

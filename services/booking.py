@@ -2,6 +2,7 @@
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import NoReturn
@@ -175,8 +176,14 @@ class BookingService:
             # one that had, fails on the claim, or earlier, on its own slot).
             # Whatever the refusal, an earlier answer under the key comes first,
             # as if the key had been looked up before anything else.
-            try:
-                return await self._book_once(
+            claim = (
+                Idempotency(scope, idempotency_key, fingerprint)
+                if idempotency_key is not None
+                else None
+            )
+
+            def once(remembered: bool) -> Awaitable[Booked]:
+                return self._book_once(
                     actor,
                     meta,
                     practitioner_id=practitioner_id,
@@ -184,12 +191,17 @@ class BookingService:
                     motive_id=motive_id,
                     start=start,
                     end=end,
-                    claim=(
-                        Idempotency(scope, idempotency_key, fingerprint)
-                        if idempotency_key is not None
-                        else None
-                    ),
+                    claim=claim,
+                    remembered=remembered,
                 )
+
+            try:
+                try:
+                    # Decided on what this process remembers, checked by the
+                    # append; a refusal is only given on a read of the log.
+                    return await once(remembered=True)
+                except DomainError:
+                    return await once(remembered=False)
             except (DomainError, VersionConflict):
                 if (replayed := await replay()) is not None:
                     return replayed
@@ -208,9 +220,12 @@ class BookingService:
         start: datetime,
         end: datetime | None,
         claim: Idempotency | None,
+        remembered: bool = False,
     ) -> Booked:
         """One try at a booking: two round trips to read (one when the practitioner's
-        place is known), the checks in the order they always ran, one append."""
+        place is known; none when `remembered` and the cache holds everything),
+        the checks in the order they always ran, one append that also checks
+        that nothing read has changed."""
         wanted: list[tuple[type[Aggregate], UUID]] = [
             (Practitioner, practitioner_id),
             (Patient, patient_id),
@@ -221,16 +236,17 @@ class BookingService:
         guess = self._place_of(practitioner_id)
         if guess is not None:
             wanted += _context_keys(practitioner_id, patient_id, start, guess)
-        found = await self.repo.get_many(wanted)
+        found = await self.repo.get_many(wanted, remembered=remembered)
         practitioner = or_404(Practitioner, found[0], "practitioner_id")
         patient = typed(Patient, found[1])
-        scopes = _scopes(typed(Grant, found[2])) if grant_id is not None else frozenset()
+        grant = typed(Grant, found[2]) if grant_id is not None else None
+        scopes = _scopes(grant) if grant_id is not None else frozenset()
         place = self._learn_place(practitioner)
         if place == guess:
             relationship_found, day_found = found[-2], found[-1]
         else:
             keys = _context_keys(practitioner_id, patient_id, start, place)
-            relationship_found, day_found = await self.repo.get_many(keys)
+            relationship_found, day_found = await self.repo.get_many(keys, remembered=remembered)
         establishment_id = practitioner.establishment_id
         relationship = typed(CareRelationship, relationship_found)
         known = patient is not None and known_at(establishment_id, patient, relationship)
@@ -267,7 +283,8 @@ class BookingService:
             # The first booking there makes the patient known to that practice;
             # a concurrent first booking conflicts on it and is retried.
             changed.append(CareRelationship.start(establishment_id, patient_id, Basis.BOOKED))
-        position = await self.repo.save(changed, meta, claim)
+        relied_on = [practitioner, patient, grant, relationship]
+        position = await self.repo.save(changed, meta, claim, relied_on=relied_on)
         return Booked(appointment, position)
 
     async def consent_to_bookings(

@@ -19,6 +19,10 @@ class VersionConflict(Exception):
     """Another writer appended to one of the aggregates first."""
 
 
+class StaleRead(VersionConflict):
+    """An aggregate a write was decided on (read from memory) had changed in the log."""
+
+
 class Unavailable(Exception):
     """The event store cannot be reached right now."""
 
@@ -63,16 +67,32 @@ class Repository(Protocol):
     async def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
         """The aggregate as of its latest event, or None if it has none."""
 
-    async def get_many(self, wanted: Sequence[tuple[type[A], UUID]]) -> list[A | None]:
-        """Each (class, id) as `get` would answer it, in order, in one round trip."""
+    async def get_many(
+        self, wanted: Sequence[tuple[type[A], UUID]], *, remembered: bool = False
+    ) -> list[A | None]:
+        """Each (class, id) as `get` would answer it, in order, in one round trip.
+
+        `remembered`: as this process last knew them, with no round trip when it
+        knows them all; possibly stale. For a write only: what it decides on must
+        go to `save` (as changed or `relied_on`), and a refusal must be decided
+        again on a plain read.
+        """
 
     async def save(
         self,
         aggregates: Sequence[Aggregate],
         meta: Metadata,
         idempotency: Idempotency | None = None,
+        *,
+        relied_on: Sequence[Aggregate | None] = (),
     ) -> int:
-        """Append all pending events atomically; return the last position."""
+        """Append all pending events atomically; return the last position.
+
+        VersionConflict if another writer appended to one of `aggregates` first;
+        StaleRead (one) if one of `relied_on` (read, not changed; None is
+        skipped) is no longer at the version it was read at. Nothing is saved
+        then, and the caller retries on fresh reads.
+        """
 
     async def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
         """The stored answer to an earlier request with this key, if any."""

@@ -6,13 +6,13 @@ by CARNET_DATABASE_URL, or starts the embedded one. Goals are reported, never as
 """
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import platform
 import time
 from datetime import UTC, datetime
 
+from infra.loop import run_main
 from tests.bench.access_index import bench_access_index
 from tests.bench.append import bench_append
 from tests.bench.audit import bench_audit, bench_ledger
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         f"load average {_load()}"
     )
     with server_url() as server:
-        results = asyncio.run(run(server, cfg, which))
+        results = run_main(run(server, cfg, which))
     say(f"\nresults ({time.perf_counter() - began:.0f} s in all, load average now {_load()}):\n")
     say(table(results))
 

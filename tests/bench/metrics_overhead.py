@@ -34,6 +34,7 @@ from aiohttp import web
 from infra.bootstrap import build_services, open_pool
 from infra.http.app import create_app
 from infra.http.throttle import ThrottlePolicy
+from infra.loop import run_main
 from tests.bench import append
 from tests.bench.common import Config, Result, Run, fresh_database, median_rate, paired_ratios, say
 from tests.bench.common import rounds as measured_rounds
@@ -179,7 +180,7 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--metrics", choices=("on", "off"), required=True)
     args = parser.parse_args()
-    asyncio.run(serve(args.database_url, args.metrics == "on"))
+    run_main(serve(args.database_url, args.metrics == "on"))
 
 
 if __name__ == "__main__":

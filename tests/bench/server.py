@@ -16,6 +16,7 @@ import cProfile
 import os
 import sys
 from collections.abc import Sequence
+from uuid import UUID
 
 import asyncpg
 from aiohttp import web
@@ -43,6 +44,7 @@ class Unwritten(EventStore):
         events: Sequence[StoredEvent],
         meta: Metadata,
         idempotency: Idempotency | None = None,
+        unchanged: Sequence[tuple[UUID, int]] = (),
     ) -> int:
         return 0
 

@@ -128,12 +128,14 @@ class ClaimSavedLate:
     async def get(self, cls: Any, aggregate_id: Any) -> Any:
         return await self.repo.get(cls, aggregate_id)
 
-    async def get_many(self, wanted: Any) -> Any:
-        return await self.repo.get_many(wanted)
+    async def get_many(self, wanted: Any, *, remembered: bool = False) -> Any:
+        return await self.repo.get_many(wanted, remembered=remembered)
 
-    async def save(self, aggregates: Any, meta: Any, idempotency: Any = None) -> int:
+    async def save(
+        self, aggregates: Any, meta: Any, idempotency: Any = None, *, relied_on: Any = ()
+    ) -> int:
         try:
-            position: int = await self.repo.save(aggregates, meta, idempotency)
+            position: int = await self.repo.save(aggregates, meta, idempotency, relied_on=relied_on)
             return position
         finally:
             if idempotency is not None:

@@ -25,7 +25,7 @@ from infra.aggregate_cache import frozen
 from infra.eventstore import EventStore
 from infra.repository import POSITION, PostgresRepository, log_position
 from infra.schema import SCHEMA
-from services.ports import Metadata, Repository, VersionConflict
+from services.ports import Idempotency, Metadata, Repository, StaleRead, VersionConflict
 from tests.unit.fakes import FakeRepository
 
 META = Metadata(actor_kind="admin", actor_id="contract")
@@ -197,6 +197,50 @@ async def test_what_a_save_fed_the_cache_reads_back_as_a_replay_would(pair: Pair
     got = await pair.writer.get(Patient, patient.id)
     assert state(got) == state(await pair.fresh.get(Patient, patient.id))
     assert got is not None and got.email == "ann@example.com"
+
+
+async def test_a_save_relying_on_a_record_that_changed_since_saves_nothing(pair: Pair):
+    _, doctor = await practice(pair.writer)
+    assert await pair.reader.get(Practitioner, doctor.id) is not None  # cached now
+    seen = (await pair.reader.get_many([(Practitioner, doctor.id)], remembered=True))[0]
+    assert isinstance(seen, Practitioner)
+
+    # Another writer (process) changes the practitioner the reader decides on.
+    theirs = await pair.writer.get(Practitioner, doctor.id)
+    assert theirs is not None
+    theirs.add_absence(Absence(*slot(0), "away"))
+    await pair.writer.save([theirs], META)
+
+    day = AgendaDay(practitioner_id=doctor.id, day=DAY)
+    day.reserve(uuid4(), *slot(0))
+    claim = Idempotency("contract", "k1", "hash", "result")
+    with pytest.raises(StaleRead):
+        await pair.reader.save([day], META, claim, relied_on=[seen, None])
+    assert await pair.fresh.get(AgendaDay, day.id) is None
+    assert await pair.reader.idempotent_result("contract", "k1") is None
+
+    # Decided again on what the log holds, the same write goes in.
+    again = (await pair.reader.get_many([(Practitioner, doctor.id)], remembered=True))[0]
+    assert state(again) == state(await pair.fresh.get(Practitioner, doctor.id))
+    assert isinstance(again, Practitioner) and len(again.absences) == 1
+    day = AgendaDay(practitioner_id=doctor.id, day=DAY)
+    day.reserve(uuid4(), *slot(1))
+    await pair.reader.save([day], META, claim, relied_on=[again])
+    assert await pair.fresh.get(AgendaDay, day.id) is not None
+    assert await pair.reader.idempotent_result("contract", "k1") is not None
+
+
+async def test_a_save_relying_on_unchanged_records_goes_in(pair: Pair):
+    place, doctor = await practice(pair.writer)
+    wanted: Wanted = [(Practitioner, doctor.id), (Establishment, place.id)]
+    await pair.reader.get_many(wanted)
+    read = await pair.reader.get_many(wanted, remembered=True)
+    assert [state(a) for a in read] == [state(a) for a in await pair.fresh.get_many(wanted)]
+    day = AgendaDay(practitioner_id=doctor.id, day=DAY)
+    day.reserve(uuid4(), *slot(0))
+    # The day itself is new: among the changed, a relied-on record is not checked twice.
+    assert await pair.reader.save([day], META, relied_on=[*read, day]) > 0
+    assert await pair.fresh.get(AgendaDay, day.id) is not None
 
 
 # -- PostgreSQL only: positions, the bound, a log that changed behind the cache --
@@ -388,3 +432,56 @@ async def test_a_repeat_replays_even_when_the_request_would_now_be_refused():
             idempotency_key="k",
         )
     assert len(repo.saves) == saves
+
+
+async def two_booking_processes(
+    pool: asyncpg.Pool,
+) -> tuple[Any, Any, PostgresRepository, Practitioner, Any, Any]:
+    """Two booking services on repositories with caches of their own (two processes)."""
+    from services.actors import Actor, ActorKind
+    from services.booking import BookingService
+    from tests.conftest import FakeClock
+
+    here, there = PostgresRepository(EventStore(pool)), PostgresRepository(EventStore(pool))
+    _, doctor = await practice(there)
+    ann, bob = (
+        Patient.register(n, "X", date(1990, 1, 1), Sex.OTHER, f"{n}@example.org", "+33 6 1")
+        for n in ("ann", "bob")
+    )
+    await there.save([ann, bob], META)
+    clock = FakeClock(datetime(2026, 12, 1, 7, tzinfo=UTC))
+    return (
+        BookingService(here, clock),
+        BookingService(there, clock),
+        there,
+        doctor,
+        Actor(ActorKind.PATIENT, ann.id),
+        Actor(ActorKind.PATIENT, bob.id),
+    )
+
+
+async def test_a_booking_on_a_cache_another_process_made_stale_is_refused(pool: asyncpg.Pool):
+    from domain.errors import DuringAbsence
+
+    here, _, there, doctor, ann, _ = await two_booking_processes(pool)
+    at = {"practitioner_id": doctor.id, "motive_id": "consultation"}
+    await here.book(ann, META, **at, start=slot(0)[0])  # `here` remembers it all now
+    theirs = await there.get(Practitioner, doctor.id)
+    assert theirs is not None
+    theirs.add_absence(Absence(*slot(1), "away"))
+    await there.save([theirs], META)
+
+    with pytest.raises(DuringAbsence):
+        await here.book(ann, META, **at, start=slot(1)[0])
+    day = await there.get(AgendaDay, AgendaDay.create_id(doctor.id, DAY))
+    assert day is not None and [b.start for b in day.bookings.values()] == [slot(0)[0]]
+
+
+async def test_a_refusal_on_a_stale_cache_is_decided_again_on_the_log(pool: asyncpg.Pool):
+    here, elsewhere, _, doctor, ann, bob = await two_booking_processes(pool)
+    at = {"practitioner_id": doctor.id, "motive_id": "consultation", "start": slot(2)[0]}
+    await here.book(bob, META, **{**at, "start": slot(3)[0]})
+    first = await here.book(ann, META, **at)  # `here` remembers the slot as taken
+    await elsewhere.cancel(ann, META, first.appointment.id, "")  # another process frees it
+    booked = await here.book(bob, META, **at)
+    assert booked.appointment.patient_id == bob.id and booked.position > first.position

@@ -18,6 +18,7 @@ from services.ports import (
     Idempotency,
     IdempotentResult,
     Metadata,
+    StaleRead,
     TokenQuery,
     TokenRow,
     TokenView,
@@ -40,7 +41,9 @@ class FakeRepository:
     async def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
         return (await self.get_many([(cls, aggregate_id)]))[0]
 
-    async def get_many(self, wanted: Sequence[tuple[type[A], UUID]]) -> list[A | None]:
+    async def get_many(
+        self, wanted: Sequence[tuple[type[A], UUID]], *, remembered: bool = False
+    ) -> list[A | None]:
         self.reads += 1  # one round trip, however many aggregates
         await asyncio.sleep(0)  # let concurrent use cases interleave, as on a real server
         return [self._replay(cls, aggregate_id) for cls, aggregate_id in wanted]
@@ -56,10 +59,18 @@ class FakeRepository:
         aggregates: Sequence[Aggregate],
         meta: Metadata,
         idempotency: Idempotency | None = None,
+        *,
+        relied_on: Sequence[Aggregate | None] = (),
     ) -> int:
         pending = [e for a in aggregates for e in a.collect_events()]
         await asyncio.sleep(0)
         versions = {i: len(events) for i, events in self.events.items()}
+        changed = {e.originator_id for e in pending}
+        for read in relied_on:
+            if read is None or read.id in changed:
+                continue
+            if versions.get(read.id, 0) != read.version:
+                raise StaleRead(f"{read.id} is no longer at v{read.version}")
         for event in pending:
             if versions.get(event.originator_id, 0) != event.originator_version - 1:
                 raise VersionConflict(f"{event.originator_id} v{event.originator_version}")
