@@ -55,6 +55,10 @@ class AgendaDay(Aggregate):
         del self.bookings[appointment_id]
 
 
+# The cancellation reason of an appointment cancelled by its patient's erasure.
+ERASURE_REASON = "patient data erased"
+
+
 class Appointment(Aggregate):
     @event("Booked")
     def __init__(
@@ -97,6 +101,17 @@ class Appointment(Aggregate):
     def _cancelled(self, reason: str, by: Source) -> None:
         self.status = Status.CANCELLED
         self.cancellation_reason = reason
+
+    def cancel_on_erasure(self, by: Source) -> None:
+        """Cancelled because its patient's data is erased (GDPR Art. 17): the
+        reason is this fact, not a text anyone typed."""
+        self._require_booked()
+        self._cancelled_on_erasure(by=by)
+
+    @event("CancelledOnErasure")
+    def _cancelled_on_erasure(self, by: Source) -> None:
+        self.status = Status.CANCELLED
+        self.cancellation_reason = ERASURE_REASON
 
     @event("Rescheduled")
     def _rescheduled(self, replaced_by: UUID, by: Source) -> None:
@@ -157,6 +172,11 @@ def book(
     )
     day.reserve(appointment.id, start, end)
     return appointment
+
+
+def cancel_on_erasure(appointment: Appointment, day: AgendaDay, by: Source) -> None:
+    appointment.cancel_on_erasure(by)
+    day.release(appointment.id)
 
 
 def cancel(appointment: Appointment, day: AgendaDay, reason: str, by: Source) -> None:

@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.calendar import local_day, opening_intervals, require_aware
 from domain.errors import (
     BeyondHorizon,
+    DataErased,
     DuringAbsence,
     InvalidValue,
     NotBookableOnline,
@@ -184,15 +185,16 @@ class Patient(Aggregate):
         phone: str,
         registered_by_establishment: UUID | None = None,
     ) -> None:
-        self.first_name = first_name
-        self.last_name = last_name
-        self.birth_date = birth_date
-        self.sex = sex
-        self.email = email
-        self.phone = phone
+        self.first_name: str | None = first_name
+        self.last_name: str | None = last_name
+        self.birth_date: date | None = birth_date
+        self.sex: Sex | None = sex
+        self.email: str | None = email
+        self.phone: str | None = phone
         # The establishment whose desk registered the patient (None: the
         # platform did); that practice knows the patient and may book for them.
         self.registered_by_establishment = registered_by_establishment
+        self.erased = False
 
     @classmethod
     def register(
@@ -222,9 +224,12 @@ class Patient(Aggregate):
 
     @property
     def display_name(self) -> str:
+        if self.first_name is None or self.last_name is None:
+            return ERASED_NAME
         return f"{self.first_name} {self.last_name}"
 
     def change_contact_details(self, email: str, phone: str) -> None:
+        self.require_not_erased()
         email, phone = _check_contact(email, phone)
         if (email, phone) != (self.email, self.phone):
             self._contact_details_changed(email, phone)
@@ -233,6 +238,26 @@ class Patient(Aggregate):
     def _contact_details_changed(self, email: str, phone: str) -> None:
         self.email = email
         self.phone = phone
+
+    def require_not_erased(self) -> None:
+        if self.erased:
+            raise DataErased("the patient's data has been erased", field="patient_id")
+
+    def erase(self) -> None:
+        """Record the erasure (GDPR Art. 17): the personal fields are gone from
+        here on, and the key they were stored under is destroyed with it."""
+        self.require_not_erased()
+        self._erased()
+
+    @event("Erased")
+    def _erased(self) -> None:
+        self.first_name = self.last_name = self.email = self.phone = None
+        self.birth_date = self.sex = None
+        self.erased = True
+
+
+# What a name reads as once its patient is erased.
+ERASED_NAME = "(erased)"
 
 
 def _check_contact(email: str, phone: str) -> tuple[str, str]:

@@ -19,6 +19,12 @@ class NotFound(DomainError):
     code = "not-found"
 
 
+class DataErased(DomainError):
+    """The person's data has been erased (GDPR Art. 17): gone, for good."""
+
+    code = "erased"
+
+
 class Conflict(DomainError):
     code = "conflict"
 

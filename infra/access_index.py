@@ -27,6 +27,7 @@ import asyncpg
 from domain.ledger import AccessRecord, shard_number
 from infra.codec import TypedMapper
 from infra.eventstore import Checkpoint, Connection, EventStore
+from infra.keyring import keyring_of, opened, subjects_in
 from infra.ledger import UnreadableEntry, decode
 from infra.projector import CHECKPOINTS, ProjectionFailed, Projector
 from infra.schema import SCHEMA
@@ -127,13 +128,17 @@ async def load(
     if not sequences:
         return []
     mapper = mapper or TypedMapper()
+    rows = await conn.fetch(_LOAD, list(sequences))
+    if mapper.keyring is not None:  # their client addresses and user agents, opened
+        await mapper.keyring.load(subjects_in(r[4] for r in rows))
     found = []
-    for r in await conn.fetch(_LOAD, list(sequences)):
+    for r in rows:
         shard = shard_number(r[1])
         if shard is None:
             raise UnreadableEntry(r[2], f"position {r[0]} is not in an access-ledger shard")
         sequence = int(r[0])
-        found.append((sequence, decode(mapper, r[2], r[3], r[4], r[1]).record.reflecting(sequence)))
+        record = decode(mapper, r[2], r[3], r[4], r[1]).record
+        found.append((sequence, opened(record).reflecting(sequence)))
     return found
 
 
@@ -200,7 +205,7 @@ async def iter_ledger(
     The index lags the log: call `caught_up` or `catch_up_index` first.
     """
     pool: asyncpg.Pool = getattr(source, "pool", source)
-    mapper = TypedMapper()
+    mapper = TypedMapper(keyring_of(pool))
     sql, args = search(query, limited=False)
     async with (
         pool.acquire() as conn,

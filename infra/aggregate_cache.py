@@ -32,6 +32,7 @@ from eventsourcing.persistence import StoredEvent
 
 from infra.codec import TypedMapper
 from infra.eventstore import Connection
+from infra.keyring import subjects_in
 from infra.pgerrors import database_unavailable
 from infra.schema import SCHEMA
 from services.ports import Unavailable
@@ -156,6 +157,9 @@ class AggregateCache:
             if database_unavailable(e):
                 raise Unavailable(str(e)) from e
             raise
+        ring = self.mapper.keyring
+        if ring is not None and (subjects := subjects_in(r[4] for r in rows if r[4])):
+            await ring.load(subjects)  # sealed fields decode with their keys (infra/keyring.py)
         by_id: dict[UUID, list[Any]] = {}
         for r in rows:
             by_id.setdefault(r[0], []).append(r)

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,16 @@ from infra.admission import PostgresAdmission
 from infra.deadlines import bounded
 from infra.eventstore import EventStore
 from infra.http.keys import Services
+from infra.keyring import (
+    Kek,
+    KeyError_,
+    Keyring,
+    PostgresShredder,
+    install,
+    new_kek_text,
+    parse_kek,
+    uninstall,
+)
 from infra.ledger import Ledger
 from infra.migrations import check_schema, migrate
 from infra.natslink import NatsLink
@@ -31,6 +42,7 @@ from services.credentials import CredentialService, scopes_of
 from services.directory import DirectoryService
 from services.ports import Clock
 from services.queries import QueryService
+from services.rights import RightsService
 
 log = logging.getLogger("carnet")
 
@@ -160,12 +172,25 @@ async def open_pool(
         server_settings={"plan_cache_mode": "force_custom_plan"},
     )
     try:
+        ring = keyring_for(pool, settings, create=schema == "migrate")
+        if ring is not None:
+            install(ring)
+        elif schema != "none":
+            raise KeyError_(
+                "no key-encryption key: set CARNET_KEK (base64 of 32 bytes, e.g. "
+                "`openssl rand -base64 32`) or kek_file; personal data is never "
+                "written unencrypted (docs/operations.md, Keys)"
+            )
         if schema == "none":
+            if ring is not None and await _has_keyring_tables(pool):
+                await ring.check()
             return pool
         if schema == "migrate":
             await migrate(pool)
         else:
             await check_schema(pool)
+        assert ring is not None
+        await ring.check()
         # Read models exist from the start, so reads answer (empty) rather than fail.
         for projection in all_projections():
             await Projector(pool, projection).ensure()
@@ -175,9 +200,59 @@ async def open_pool(
     return pool
 
 
+def keyring_for(pool: asyncpg.Pool, settings: Settings, create: bool) -> Keyring | None:
+    """The pool's keyring, from the configured key-encryption key.
+
+    Where it comes from, first found: `kek` (CARNET_KEK), `kek_file`, then
+    (for a pool that is not given settings) the environment's CARNET_KEK.
+    With none, `create` (the demo and the tests) makes one in data_dir/kek,
+    readable by its owner only; otherwise there is no keyring (None)."""
+    previous = (
+        [parse_kek(settings.kek_previous, "CARNET_KEK_PREVIOUS")] if settings.kek_previous else []
+    )
+    if settings.kek:
+        return Keyring(pool, parse_kek(settings.kek, "CARNET_KEK"), previous)
+    if settings.kek_file:
+        return Keyring(pool, _kek_from_file(Path(settings.kek_file)), previous)
+    if os.environ.get("CARNET_KEK"):
+        return Keyring(pool, parse_kek(os.environ["CARNET_KEK"], "CARNET_KEK"), previous)
+    if not create:
+        return None
+    path = settings.data_dir / "kek"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_kek_text() + "\n")
+        log.warning(
+            "made a key-encryption key for this demo in %s: keep it, or lose the data", path
+        )
+    return Keyring(pool, _kek_from_file(path), previous)
+
+
+def _kek_from_file(path: Path) -> Kek:
+    where = f"kek_file {str(path)!r}"
+    try:
+        # Non-blocking: a FIFO refuses rather than waits for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KeyError_(f"{where}: not a regular file")
+            text = f.read(1000).decode("ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyError_(f"{where}: cannot read it ({e.__class__.__name__})") from None
+    return parse_kek(text, where)
+
+
+async def _has_keyring_tables(pool: asyncpg.Pool) -> bool:
+    found = await pool.fetchval("SELECT to_regclass('carnet.key_encryption') IS NOT NULL")
+    return bool(found)
+
+
 async def close_pool(pool: asyncpg.Pool, within: float = 10.0) -> None:
     """Close gracefully, but never wait for ever: a connection whose cancelled query
     waits on a confirmation that never comes would hold `close()` for good."""
+    uninstall(pool)
     try:
         await asyncio.wait_for(pool.close(), within)
     except TimeoutError:
@@ -195,6 +270,7 @@ def build_services(
     settings = settings or Settings()
     clock = clock or SystemClock()
     repo = PostgresRepository(EventStore(pool))
+    tokens = PostgresTokenStore(repo.store, repo.mapper)
     # A read-your-writes wait leaves the read itself (and its access entry)
     # one database timeout before the request's deadline.
     read = PostgresReadModels(pool, max_wait=settings.request_timeout - settings.database_timeout)
@@ -211,9 +287,7 @@ def build_services(
     return Services(
         booking=BookingService(repo, clock),
         directory=DirectoryService(repo, clock),
-        credentials=CredentialService(
-            repo, clock, PostgresTokenStore(repo.store, repo.mapper), _admission(pool, settings)
-        ),
+        credentials=CredentialService(repo, clock, tokens, _admission(pool, settings)),
         queries=QueryService(read, clock, lambda actor, pid: scopes_of(repo, actor, pid)),
         read=read,
         ledger=ledger
@@ -226,6 +300,7 @@ def build_services(
         ),
         clock=clock,
         checks={"database": database, "nats": nats_check},
+        rights=RightsService(repo, clock, read, tokens, PostgresShredder(pool), read, read),
     )
 
 

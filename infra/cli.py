@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,11 @@ from infra.commands import ADMIN, ANALYST
 from infra.commands.admin import AlreadyBootstrapped, announce, bootstrap
 from infra.commands.verify import verify_all
 from infra.http.app import create_app
-from infra.http.headers import EscapingAccessLogger
+from infra.http.headers import ACCESS_LOG_FORMAT, EscapingAccessLogger
 from infra.http.keys import Services
 from infra.http.server import ProblemRunner
 from infra.http.throttle import ThrottlePolicy
+from infra.keyring import KeyError_, keyring_of
 from infra.ledger import anchor_now
 from infra.loop import run_main
 from infra.metrics_server import serve_metrics
@@ -64,6 +66,7 @@ from infra.waker import Waker
 from infra.workers import background
 from projections import all_projections
 from services.credentials import hash_token
+from services.ports import Metadata
 
 log = logging.getLogger("carnet")
 
@@ -257,6 +260,7 @@ async def _http(
     runner = ProblemRunner(
         create_app(services, _policy(settings), request_timeout=settings.request_timeout),
         access_log_class=EscapingAccessLogger,
+        access_log_format=ACCESS_LOG_FORMAT,
     )
     await runner.setup()
     try:
@@ -603,6 +607,39 @@ async def _anchor(settings: Settings, servers: Servers, args: argparse.Namespace
     print(f"anchor #{anchor.originator_version}: {len(anchor.heads)} shards{where}")
 
 
+async def _keys(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    """`carnet keys rewrap`: after a rotation, every data key wrapped by the new KEK."""
+    async with database(settings, servers) as pool:
+        ring = keyring_of(pool)
+        assert ring is not None  # open_pool refuses a start without one
+        done = await ring.rewrap()
+    print(f"rewrapped {done} data keys with key-encryption key {ring.kek.id}")
+
+
+def retention_cutoff(now: datetime, years: int) -> datetime:
+    """`years` before `now` (29 February: the 28th)."""
+    try:
+        return now.replace(year=now.year - years)
+    except ValueError:
+        return now.replace(year=now.year - years, day=28)
+
+
+async def _retention(settings: Settings, servers: Servers, args: argparse.Namespace) -> None:
+    """`carnet retention [--dry-run]`: erase every patient past the retention policy."""
+    if settings.retention_years == 0:
+        print("no retention policy (retention_years = 0): nothing erased")
+        return
+    cutoff = retention_cutoff(datetime.now(UTC), settings.retention_years)
+    meta = Metadata(actor_kind="operator", actor_id="carnet retention")
+    async with database(settings, servers) as pool:
+        rights = build_services(pool, settings=settings).rights
+        found = await rights.apply_retention(meta, cutoff, dry_run=args.dry_run)
+    verb = "would erase" if args.dry_run else "erased"
+    print(f"{verb} {len(found)} patients with nothing since {cutoff:%Y-%m-%d}")
+    for patient_id in found:
+        print(f"  {patient_id}")
+
+
 async def _run_until_signalled(tasks: list[asyncio.Task[None]]) -> None:
     stopping = asyncio.create_task(_until_signalled())
     done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -675,6 +712,15 @@ def _parser() -> argparse.ArgumentParser:
         help="the anchors kept outside the database (default: CARNET_LEDGER_ANCHOR_FILE)",
     )
     sub.add_parser("anchor", help="anchor every ledger shard's head now (and append it to a file)")
+    retention = sub.add_parser(
+        "retention", help="erase the patients past the retention policy (retention_years)"
+    )
+    retention.add_argument("--dry-run", action="store_true", help="list them, erase nothing")
+    keys = sub.add_parser("keys", help="the data subjects' keys (crypto-shredding)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser(
+        "rewrap", help="wrap every data key with CARNET_KEK (after a rotation; see the runbook)"
+    )
     project = sub.add_parser("project", help="run one projection worker")
     project.add_argument("name")
     project.add_argument("--source", choices=["log", "nats"], default="log")
@@ -709,6 +755,8 @@ COMMANDS: dict[
     "project": _project,
     "verify": _verify,
     "anchor": _anchor,
+    "keys": _keys,
+    "retention": _retention,
     WORKER_COMMAND: _http_worker,
     **dict.fromkeys(MODULES, _module),
 }
@@ -738,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = start_servers(settings, nats_needed=args.command in NEEDS_NATS)
     try:
         run_main(COMMANDS[args.command](settings, servers, args))
-    except SchemaMismatch as e:
+    except (SchemaMismatch, KeyError_) as e:
         print(f"carnet: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -28,14 +28,19 @@ import inspect
 import json
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields, is_dataclass
 from functools import cache
 from typing import Any
+from uuid import UUID
 
 import msgspec
-from eventsourcing.domain import CanInitAggregate, decorated_funcs
+from eventsourcing.domain import Aggregate, CanInitAggregate, decorated_funcs
 from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
+from eventsourcing.utils import get_topic
+
+from domain.personal import data_subject, personal_fields, subject_of_event
+from infra.keyring import KEYS, KeyNotLoaded, Keyring, is_envelope
 
 _SKIP = {"originator_id", "originator_version", "originator_id_type"}
 _IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset)
@@ -107,6 +112,9 @@ def _defaults(event_cls: type) -> dict[str, Any]:
 @cache
 def state_type(event_cls: type) -> type[msgspec.Struct]:
     hints = typing.get_type_hints(event_cls)
+    # A personal field reads as None once its subject is erased (infra/keyring.py).
+    for name in personal_fields(event_cls):
+        hints[name] = hints[name] | None
     defaults = _defaults(event_cls)
     spec: list[tuple[str, Any] | tuple[str, Any, Any]] = [
         (name, hint, defaults[name]) if name in defaults else (name, hint)
@@ -117,14 +125,58 @@ def state_type(event_cls: type) -> type[msgspec.Struct]:
 
 
 class TypedMapper(Mapper):
-    """A Mapper whose domain events come back with their declared types."""
+    """A Mapper whose domain events come back with their declared types.
 
-    def __init__(self) -> None:
+    With a `keyring`, the personal fields of what it encodes are sealed
+    under their subject's key (`stored_events` creates the keys first). Any
+    TypedMapper opens sealed fields, with the keys the event store loaded.
+    """
+
+    def __init__(self, keyring: Keyring | None = None) -> None:
         super().__init__(transcoder=MsgspecTranscoder())
+        self.keyring = keyring
+        self._json = msgspec.json.Encoder()
+
+    async def stored_events(self, aggregates: Sequence[Aggregate]) -> list[StoredEvent]:
+        """The pending events of `aggregates`, encoded (their subjects' keys made first)."""
+        pending = [(a, e) for a in aggregates for e in a.collect_events()]
+        subjects = {a.id: data_subject(a) for a in aggregates}
+        if self.keyring is not None:
+            await self.keyring.ensure(
+                {s for a, e in pending if personal_fields(type(e)) and (s := subjects[a.id])}
+            )
+        return [self.to_stored_event(e, subjects[a.id]) for a, e in pending]
+
+    def to_stored_event(self, domain_event: Any, subject: UUID | None = None) -> StoredEvent:
+        names = personal_fields(type(domain_event))
+        if self.keyring is None or not names:
+            return super().to_stored_event(domain_event)
+        subject = subject or subject_of_event(domain_event)
+        if subject is None:
+            raise KeyNotLoaded(f"no data subject for {type(domain_event).__qualname__}")
+        state = dict(vars(domain_event))
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(type(domain_event), "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        for name in names:
+            state[name] = KEYS.seal(subject, name, self._json.encode(state[name]))
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=get_topic(type(domain_event)),
+            state=self.transcoder.encode(state),
+        )
 
     def to_domain_event(self, stored_event: StoredEvent) -> Any:
         domain_event = super().to_domain_event(stored_event)
         state = vars(domain_event)
+        for name in personal_fields(type(domain_event)):
+            value = state.get(name)
+            if is_envelope(value):
+                plain = KEYS.open(typing.cast(dict[str, Any], value), name)
+                state[name] = None if plain is None else msgspec.json.decode(plain)
         typed = msgspec.convert(
             {k: v for k, v in state.items() if k not in _SKIP},
             type=state_type(type(domain_event)),

@@ -9,7 +9,8 @@ topic decodes the bytes straight into that class's state Struct
 built from its fields. Everything else takes the Mapper's road: classes with
 upcasters, and states msgspec refuses (a lone surrogate escape that another
 writer wrote; the Mapper's transcoder reads those), and every event when
-the mapper enciphers or compresses.
+the mapper enciphers or compresses, and classes with personal fields (sealed
+under their subject's key, domain/personal.py), which the mapper opens.
 
 `pages` streams the log up to a point for a replay, one page in memory (and
 the next one on its way) whatever the log's length.
@@ -23,6 +24,7 @@ import msgspec
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import resolve_topic
 
+from domain.personal import personal_fields
 from infra.codec import TypedMapper, state_type
 from infra.deadlines import bounded
 from infra.eventstore import Checkpoint, EventStore, RecordedEvent
@@ -40,7 +42,7 @@ class Decoder:
         if topic not in self._typed:
             cls = resolve_topic(topic)
             plain = self.mapper.cipher is None and self.mapper.compressor is None
-            if not plain or getattr(cls, "class_version", 1) != 1:
+            if not plain or getattr(cls, "class_version", 1) != 1 or personal_fields(cls):
                 self._typed[topic] = None
             else:
                 decoder = msgspec.json.Decoder(state_type(cls), strict=False)

@@ -6,7 +6,7 @@ the unique (originator_id, originator_version) constraint.
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 from eventsourcing.persistence import StoredEvent
 
+from infra.keyring import keyring_of, subjects_in
 from infra.metrics import EVENTS_APPENDED, VERSION_CONFLICTS
 from infra.pgerrors import database_unavailable
 from infra.schema import SCHEMA
@@ -199,6 +200,14 @@ class EventStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.notifier = Notifier(pool)
+        # Crypto-shredding (infra/keyring.py): what is read, its keys loaded
+        # before anyone decodes it. None: a pool that open_pool did not make.
+        self.keyring = keyring_of(pool)
+
+    async def load_keys(self, states: Iterable[bytes]) -> None:
+        """The data keys these stored states need, loaded (for events read elsewhere)."""
+        if self.keyring is not None and (subjects := subjects_in(states)):
+            await self.keyring.load(subjects)
 
     async def append(
         self,
@@ -277,6 +286,7 @@ class EventStore:
                 raise Unavailable(str(e)) from e
             raise
         events = [StoredEvent(originator_id, r[0], r[1], r[2]) for r in rows]
+        await self.load_keys(e.state for e in events)
         return events, max((r[3] for r in rows), default=0)
 
     async def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
@@ -304,8 +314,10 @@ class EventStore:
         source = conn if conn is not None else self.pool
         if not metadata:
             rows = await source.fetch(_READ_AFTER_LEAN, after.tx, after.position, limit)
+            await self.load_keys(r[5] for r in rows)
             return [_recorded_lean(r) for r in rows]
         rows = await source.fetch(_READ_AFTER, after.tx, after.position, limit)
+        await self.load_keys(r[5] for r in rows)
         return [_recorded(r) for r in rows]
 
     # -- reading up to a point (replay: what a record held when it was disclosed) --
@@ -369,6 +381,7 @@ class EventStore:
             if database_unavailable(e):
                 raise Unavailable(str(e)) from e
             raise
+        await self.load_keys(r[5] for r in rows)
         return [_recorded(r) for r in rows]
 
     async def head(self) -> Checkpoint:

@@ -33,6 +33,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import date, datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -42,6 +43,7 @@ from domain.ledger import AccessRecorded
 from infra.codec import TypedMapper
 from infra.decoder import Decoder
 from infra.eventstore import Checkpoint, Connection, EventStore, RecordedEvent
+from infra.keyring import opened
 from infra.metrics import PROJECTION_APPLIED, PROJECTION_POSITION, PROJECTION_RUNNING
 from infra.pgerrors import database_unavailable
 from infra.waker import sleep_until
@@ -251,7 +253,11 @@ class Projector:
                 if use is _CHECK:
                     check(recorded)
                     continue
-                for op in apply(decode(recorded), tables):
+                event: Any = decode(recorded)
+                if recorded.topic == LEDGER_TOPIC:
+                    # Sealed client address and user agent, opened for the read model.
+                    event = replace(event, record=opened(event.record))
+                for op in apply(event, tables):
                     ops.append((recorded, bound(op)))
             except Exception as e:
                 return ops, (recorded, e)
@@ -325,6 +331,8 @@ class Projector:
         async def fresh(conn: Connection, after: Checkpoint) -> Sequence[RecordedEvent]:
             return [e for e in events if e.checkpoint > after]
 
+        # Not read through the store: their keys are loaded here (infra/keyring.py).
+        await self.store.load_keys(e.state for e in events)
         return await self._locked_apply(fresh, stopped_is_error=True)
 
     async def _locked_apply(

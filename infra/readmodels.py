@@ -4,20 +4,24 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from datetime import date
+from datetime import date, datetime
 from typing import TypeVar
 from uuid import UUID
 
 import asyncpg
 import msgspec
+from eventsourcing.utils import get_topic
 
+from domain.directory import Patient
 from domain.ledger import AccessRecord
 from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
 from infra import access_index
 from infra.codec import TypedMapper
 from infra.eventstore import Checkpoint, EventStore
-from infra.projector import CHECKPOINTS
+from infra.projector import CHECKPOINTS, Projector
+from infra.schema import SCHEMA
 from projections import READ_SCHEMA
+from projections.patient_view import PatientViewProjection
 from services.ports import (
     AccessLogEntry,
     AgendaEntry,
@@ -68,7 +72,7 @@ class PostgresReadModels:
     def __init__(self, pool: asyncpg.Pool, max_wait: float = 5.0) -> None:
         self.pool = pool
         self.store = EventStore(pool)
-        self.mapper = TypedMapper()
+        self.mapper = TypedMapper(self.store.keyring)
         self.max_wait = max_wait  # how long a read-your-writes request may wait
 
     async def wait_for(
@@ -232,6 +236,44 @@ class PostgresReadModels:
                 raise NotCaughtUp(str(e)) from None
         async with self.pool.acquire() as conn, conn.transaction(readonly=True):
             return await access_index.find(conn, query, self.mapper)
+
+    async def _patient_view_complete(self) -> None:
+        """Bring the patient view up to the log's head (for an erasure or the retention
+        policy, which must not miss a booking): its workers, if any, serialise with
+        this on the projection's lock, so catching up here is safe."""
+        try:
+            await Projector(self.pool, PatientViewProjection()).catch_up(within=self.max_wait)
+        except TimeoutError as e:
+            raise NotCaughtUp(str(e)) from None
+
+    async def future_booked(self, patient_id: UUID, now: datetime) -> list[UUID]:
+        """PatientAppointments: once the patient view holds the whole log."""
+        await self._patient_view_complete()
+        rows = await self.pool.fetch(
+            f"""SELECT id FROM {_table("patient_view", "appointments")}
+            WHERE patient_id = $1 AND status = 'booked' AND start_at > $2
+            ORDER BY start_at, id""",
+            patient_id,
+            now,
+        )
+        return [r[0] for r in rows]
+
+    async def past_retention(self, cutoff: datetime, limit: int) -> list[UUID]:
+        """RetentionCandidates: once the patient view holds the whole log."""
+        await self._patient_view_complete()
+        rows = await self.pool.fetch(
+            f"""SELECT r.originator_id FROM {SCHEMA}.events r
+            WHERE r.topic = $1 AND r.recorded_at < $2
+              AND NOT EXISTS (SELECT 1 FROM {_table("patient_view", "appointments")} a
+                              WHERE a.patient_id = r.originator_id AND a.end_at >= $2)
+              AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.subject_keys k
+                              WHERE k.subject_id = r.originator_id AND k.wrapped IS NULL)
+            ORDER BY r.position LIMIT $3""",
+            get_topic(vars(Patient)["Registered"]),
+            cutoff,
+            limit,
+        )
+        return [r[0] for r in rows]
 
     async def patient_appointments(self, patient_id: UUID) -> list[PatientAppointment]:
         rows = await self._db().fetch(

@@ -34,7 +34,7 @@ from infra.deadlines import bounded
 from infra.decoder import Decoder
 from infra.eventstore import Checkpoint, EventStore, RecordedEvent
 from infra.http import schemas as s
-from infra.http.convert import appointment_out, patient_out
+from infra.http.convert import appointment_out, patient_fields
 from projections.base import storable
 
 CONTACT = ("first_name", "last_name", "birth_date", "sex", "email", "phone")
@@ -179,7 +179,7 @@ class PostgresPointInTime:
             shown = appointment and msgspec.to_builtins(appointment_out(appointment))
         elif resource_type == "patient":
             patient = await self._at(Patient, item.record_id, cut)
-            shown = patient and msgspec.to_builtins(patient_out(patient))
+            shown = patient and patient_fields(patient)
         if not shown:
             return {}
         return {f: shown[f] for f in item.fields if f in shown}
@@ -189,7 +189,7 @@ class PostgresPointInTime:
         patient = await self._at(Patient, patient_id, Cut(as_of))
         if patient is None:
             return None
-        rendered = msgspec.to_builtins(patient_out(patient))
+        rendered = patient_fields(patient)
         return {f: rendered[f] for f in CONTACT}
 
     async def _agenda_entry(self, record_id: str, cut: Cut) -> dict[str, object] | None:

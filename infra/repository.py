@@ -1,7 +1,7 @@
 """The Repository port on the Postgres event store: aggregates in, events out."""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -43,7 +43,8 @@ class PostgresRepository:
         cache_capacity: int = DEFAULT_CAPACITY,
     ) -> None:
         self.store = store
-        self.mapper = mapper or TypedMapper()
+        # Sealing personal fields when the pool has a keyring (infra/keyring.py).
+        self.mapper = mapper or TypedMapper(store.keyring)
         # Per process; every read catches it up first (infra/aggregate_cache.py).
         self.cache = AggregateCache(self.mapper, cache_capacity)
 
@@ -63,6 +64,10 @@ class PostgresRepository:
             loaded = await self.cache.load(self.store.pool, ids)
         return [_build(cls, loaded.get(i)) for cls, i in wanted]
 
+    async def history(self, aggregate_id: UUID) -> list[Any]:
+        stored = await self.store.read_aggregate(aggregate_id)  # its keys loaded too
+        return [self.mapper.to_domain_event(e) for e in stored]
+
     async def save(
         self,
         aggregates: Sequence[Aggregate],
@@ -71,9 +76,8 @@ class PostgresRepository:
         *,
         relied_on: Sequence[Aggregate | None] = (),
     ) -> int:
-        pending = [e for a in aggregates for e in a.collect_events()]
-        stored = [self.mapper.to_stored_event(e) for e in pending]
-        changed = {e.originator_id for e in pending}
+        stored = await self.mapper.stored_events(aggregates)
+        changed: set[UUID] = {cast(UUID, e.originator_id) for e in stored}
         # What the write was decided on, at the version it was read at: the
         # append inserts nothing if any has moved on since (StaleRead).
         unchanged = [(a.id, a.version) for a in relied_on if a is not None and a.id not in changed]

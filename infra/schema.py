@@ -127,6 +127,23 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.ledger_shards (
 );
 """
 
+# Crypto-shredding (infra/keyring.py): each data subject's key, wrapped by the
+# key-encryption key (NULL once shredded: the row stays, to tell "erased"
+# from "never had data"), and a canary per KEK to refuse a wrong one at start.
+KEYRING = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.subject_keys (
+    subject_id uuid PRIMARY KEY,
+    kek_id text NOT NULL,
+    wrapped bytea,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    shredded_at timestamptz
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.key_encryption (
+    kek_id text PRIMARY KEY,
+    canary bytea NOT NULL
+);
+"""
+
 # (version, name, SQL): version n is STEPS[n - 1]. Data steps (no SQL, code
 # that writes events) are listed in infra/migrations.py by the same numbers.
 STEPS: list[tuple[int, str, str | None]] = [
@@ -137,5 +154,6 @@ STEPS: list[tuple[int, str, str | None]] = [
     (5, "shared rate buckets and enumeration windows (unlogged)", ADMISSION),
     (6, "access ledger shard leases", LEDGER_SHARDS),
     (7, "access index and access log keyed by log position, rebuilt", None),
+    (8, "data subjects' keys for crypto-shredding", KEYRING),
 ]
 LATEST = STEPS[-1][0]

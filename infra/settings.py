@@ -70,6 +70,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ledger_anchor_file: Annotated[str, msgspec.Meta(max_length=4096)] = ""  # "": none
     # JetStream replicas of the stream the relay creates (1 on a single server).
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # Crypto-shredding (infra/keyring.py, docs/operations.md): the key-encryption
+    # key, base64 of 32 bytes, or a file that holds it ("": none; the demo
+    # makes one in data_dir); during a rotation, the previous key too.
+    kek: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    kek_file: Annotated[str, msgspec.Meta(max_length=4096)] = ""
+    kek_previous: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    # The retention policy `carnet retention` applies (docs/operations.md): a
+    # patient with nothing in the last N years (no appointment ending since,
+    # registered before) is erased by shredding. 0: keep everything.
+    retention_years: Annotated[int, msgspec.Meta(ge=0, le=200)] = 0
 
     def __post_init__(self) -> None:
         # A read-your-writes wait gets what the request timeout leaves after one
@@ -83,7 +93,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 # Settings whose values may hold credentials: `carnet config` masks them, and
 # no refusal repeats them.
-SECRET = frozenset({"database_url", "nats_url"})
+URLS = frozenset({"database_url", "nats_url"})
+SECRET = URLS | {"kek", "kek_previous"}
 FIELDS: tuple[str, ...] = Settings.__struct_fields__
 DEFAULTS = Settings()
 
@@ -216,7 +227,7 @@ def _check_value(name: str, value: object, where: str) -> None:
     if isinstance(value, str):
         if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
             refuse(f"{where}: holds a control character (a newline, a tab, a NUL…)")
-        if name in SECRET and value:
+        if name in URLS and value:
             problem = (postgres_url_problem if name == "database_url" else nats_url_problem)(value)
             if problem:
                 refuse(f"{where}: {problem}")
@@ -413,8 +424,10 @@ def shown(name: str, value: object) -> str:
     """A setting's value as `carnet config` prints it: secrets masked."""
     if value is None:
         return "(unset)"
-    if name in SECRET:
+    if name in URLS:
         return _inert(masked_url(str(value)))
+    if name in SECRET:
+        return "(set, not shown)" if value else "(none)"
     if isinstance(value, bool):
         return str(value).lower()
     if value == "":

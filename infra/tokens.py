@@ -173,7 +173,7 @@ def _token_args(token: Token) -> tuple[Any, ...]:
         token.actor_kind,
         token.actor_id,
         token.establishment_id,
-        token.display_name,
+        token.display_name or "",  # None: its holder is erased (infra/keyring.py)
         token.state,
         token.expires_at,
     )
@@ -205,7 +205,7 @@ class PostgresTokenStore:
         self.store.notifier.poke()
 
     async def save_all(self, tokens: Sequence[Token], meta: Metadata) -> int:
-        stored = [self.mapper.to_stored_event(e) for t in tokens for e in t.collect_events()]
+        stored = await self.mapper.stored_events(tokens)
         witness = WITNESS.get()
         async with self._writing() as conn:
             if witness is None or not stored:
@@ -266,7 +266,7 @@ class PostgresTokenStore:
 
     async def save_grant(self, grant: Grant, meta: Metadata) -> int:
         await self._ensure_grants()
-        stored = [self.mapper.to_stored_event(e) for e in grant.collect_events()]
+        stored = await self.mapper.stored_events([grant])
         witness = WITNESS.get()
         async with self._writing() as conn:
             if witness is None or not stored:

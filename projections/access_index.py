@@ -151,6 +151,16 @@ class AccessIndexProjection:
         ]
 
     def apply(self, event: Any, t: Mapping[str, str]) -> list[Op]:
+        if kind(event) == "Patient.Erased":
+            # Their addresses and user agents, sealed under the key the erasure
+            # destroys: a rebuild reads them as "", and so does this.
+            return [
+                Op(
+                    f"UPDATE {t['entries']} SET client_ip = '', user_agent = '' "
+                    "WHERE actor_kind = 'patient' AND actor_id = $1",
+                    (str(event.originator_id),),
+                )
+            ]
         if kind(event) != "AccessRecorded":
             return []
         r: AccessRecord = event.record

@@ -4,6 +4,7 @@ its status, motive and the patient's display name."""
 from collections.abc import Mapping
 from typing import Any
 
+from domain.directory import ERASED_NAME
 from projections.appointments import STATUS_KINDS, status_ops
 from projections.base import Op, per_tables
 from projections.common import kind
@@ -13,6 +14,8 @@ from projections.common import kind
 def _sql(t: Mapping[str, str]) -> dict[str, str]:
     return {
         "patient": f"INSERT INTO {t['patients']} SELECT * FROM unnest($1::uuid[], $2::text[])",
+        "erased_patient": f"UPDATE {t['patients']} SET display_name = $2 WHERE id = $1",
+        "erased_name": f"UPDATE {t['appointments']} SET patient_name = $2 WHERE patient_id = $1",
         "practitioner": f"""INSERT INTO {t["practitioners"]}
                         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[])""",
         "motive": f"""INSERT INTO {t["motives"]}
@@ -77,12 +80,23 @@ class AgendaProjection:
         sql = _sql(t)
         match kind(event):
             case "Patient.Registered":
+                name = (
+                    ERASED_NAME
+                    if event.first_name is None or event.last_name is None
+                    else f"{event.first_name} {event.last_name}"
+                )
                 return [
                     Op(
                         sql["patient"],
-                        (event.originator_id, f"{event.first_name} {event.last_name}"),
+                        (event.originator_id, name),
                         key=("patients", event.originator_id),
                     )
+                ]
+            case "Patient.Erased":
+                return [
+                    Op(sql["erased_patient"], (event.originator_id, ERASED_NAME)),
+                    Op(sql["erased_name"], (event.originator_id, ERASED_NAME)),
+                    *status_ops(event, t),
                 ]
             case "Practitioner.Registered":
                 return [

@@ -8,16 +8,18 @@ address for the patient view).
 from collections.abc import Mapping
 from typing import Any
 
+from domain.agenda import ERASURE_REASON
 from projections.base import Op, per_tables
 from projections.common import kind
 
 STATUS_BY_EVENT = {
     "Appointment.Cancelled": "cancelled",
+    "Appointment.CancelledOnErasure": "cancelled",
     "Appointment.MarkedNoShow": "noshow",
     "Appointment.MarkedFulfilled": "fulfilled",
 }
 # The kinds `status_ops` changes tables for.
-STATUS_KINDS = frozenset({*STATUS_BY_EVENT, "Appointment.Rescheduled"})
+STATUS_KINDS = frozenset({*STATUS_BY_EVENT, "Appointment.Rescheduled", "Patient.Erased"})
 
 
 @per_tables
@@ -32,6 +34,12 @@ def _sql(t: Mapping[str, str]) -> dict[str, str]:
                 SET status = 'cancelled', replaced_by = u.replaced_by,
                     cancellation_reason = 'rescheduled'
                 FROM unnest($1::uuid[], $2::uuid[]) AS u(id, replaced_by) WHERE a.id = u.id""",
+        # What a person typed when cancelling is theirs: gone with their key
+        # (a rebuild reads it as None, and keeps the column NULL). The reasons
+        # the log itself gives (rescheduled, erasure) stay.
+        "erased": f"""UPDATE {appointments} SET cancellation_reason = NULL
+                WHERE patient_id = $1 AND replaced_by IS NULL
+                  AND cancellation_reason IS DISTINCT FROM '{ERASURE_REASON}'""",
     }
 
 
@@ -40,7 +48,11 @@ def status_ops(event: Any, t: Mapping[str, str]) -> list[Op]:
     name = kind(event)
     if name in STATUS_BY_EVENT:
         sql = _sql(t)
-        reason = getattr(event, "reason", None)
+        reason = (
+            ERASURE_REASON
+            if name == "Appointment.CancelledOnErasure"
+            else getattr(event, "reason", None)
+        )
         return [
             Op(
                 sql["status"],
@@ -48,6 +60,8 @@ def status_ops(event: Any, t: Mapping[str, str]) -> list[Op]:
                 key=("appointments", event.originator_id),
             )
         ]
+    if name == "Patient.Erased":
+        return [Op(_sql(t)["erased"], (event.originator_id,))]
     if name == "Appointment.Rescheduled":
         sql = _sql(t)
         return [

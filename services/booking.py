@@ -258,6 +258,7 @@ class BookingService:
         require(actor, Action.BOOK, resource, "patient_id", "patient", scopes)
         if patient is None:
             raise NotFound("no such patient", field="patient_id")
+        patient.require_not_erased()  # nothing new is booked for an erased patient
         motive = practitioner.motive(motive_id)
         slot_end = end or start + timedelta(minutes=motive.duration_minutes)
         practitioner.check_bookable(

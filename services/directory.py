@@ -145,6 +145,7 @@ class DirectoryService:
             actor, Action.READ, Resource(Kind.PATIENT, patient_id=patient_id)
         ):
             raise NotFound("no such patient", field="patient_id")
+        patient.require_not_erased()
         return patient
 
     async def change_contact_details(

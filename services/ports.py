@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -93,6 +93,10 @@ class Repository(Protocol):
         skipped) is no longer at the version it was read at. Nothing is saved
         then, and the caller retries on fresh reads.
         """
+
+    async def history(self, aggregate_id: UUID) -> list[Any]:
+        """Every event of one aggregate, oldest first, decoded (personal fields of an
+        erased person read as None): what the aggregate was at each step."""
 
     async def idempotent_result(self, scope: str, key: str) -> IdempotentResult | None:
         """The stored answer to an earlier request with this key, if any."""
@@ -312,6 +316,23 @@ class PointInTime(Protocol):
 
     async def contact(self, patient_id: str, as_of: int) -> dict[str, object] | None:
         """The patient's identity and contact details at that position, or None if unknown."""
+
+
+class PatientAppointments(Protocol):
+    async def future_booked(self, patient_id: UUID, now: datetime) -> list[UUID]:
+        """The patient's appointments still booked and not yet begun, once the
+        read model holds everything the log held when asked (for an erasure)."""
+
+
+class RetentionCandidates(Protocol):
+    async def past_retention(self, cutoff: datetime, limit: int) -> list[UUID]:
+        """Patients not yet erased, registered before `cutoff`, none of whose
+        appointments ends at or after it (the retention policy's reach)."""
+
+
+class Shredder(Protocol):
+    async def shred(self, subject: UUID) -> None:
+        """Destroy the data subject's key: their personal fields read as erased."""
 
 
 class ReadModels(Protocol):

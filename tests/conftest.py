@@ -20,9 +20,11 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import AppRunner
 
 from infra.bootstrap import build_services, close_pool, open_pool, with_database
 from infra.http.app import create_app
+from infra.http.headers import ACCESS_LOG_FORMAT, EscapingAccessLogger
 from infra.http.keys import Services
 from infra.http.throttle import ThrottlePolicy
 from infra.http.wire import MIN_POSITION_HEADER
@@ -30,6 +32,11 @@ from infra.workers import background
 from tests.world import World, make_world
 
 RUN_ID = uuid.uuid4().hex[:8]
+# The key-encryption key of every database the suite makes (infra/keyring.py):
+# one for all workers, which copy one template; servers started as
+# subprocesses inherit it. A test of a missing or wrong key unsets it.
+TEST_KEK = "Y2FybmV0IHRlc3Qga2V5LWVuY3J5cHRpb24ga2V5ISE="
+os.environ.setdefault("CARNET_KEK", TEST_KEK)
 
 
 @dataclass
@@ -173,6 +180,19 @@ def services(pool: asyncpg.Pool, clock: FakeClock) -> Services:
 UNLIMITED = ThrottlePolicy(rate_per_second=1e9, burst=10**9, enumeration_misses=10**9)
 
 
+class LoggingAsCarnet(TestServer):
+    """A test server whose access log is `carnet serve`'s: no client address, no
+    user agent (tests/e2e/test_erasure.py searches the logs for personal data)."""
+
+    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        return AppRunner(
+            self.app,
+            access_log_class=EscapingAccessLogger,
+            access_log_format=ACCESS_LOG_FORMAT,
+            **kwargs,
+        )
+
+
 class ConsistentClient(TestClient):
     """A client that reads its own writes, as a well-behaved frontend does:
     every request carries Carnet-Min-Position = the log's head when it is sent,
@@ -194,7 +214,10 @@ async def client(services: Services, pool: asyncpg.Pool) -> AsyncIterator[TestCl
     # Projections run in-process, as under `make run`.
     async with (
         background(pool, None),
-        ConsistentClient(TestServer(create_app(services, UNLIMITED)), services) as client,
+        ConsistentClient(
+            LoggingAsCarnet(create_app(services, UNLIMITED)),
+            services,
+        ) as client,
     ):
         yield client
 

@@ -12,6 +12,7 @@ The header values an entry keeps (`User-Agent`, `X-Purpose-Of-Use`, and the
 request id) are stored escaped and bounded: see `infra.http.headers`.
 """
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from domain.ledger import AS_OF_ITSELF, IDENTITY_FIELDS, AccessRecord, Disclosur
 from infra.http.headers import USER_AGENT_LIMIT, escaped, header
 from infra.http.keys import ACTOR, REQUEST_ID, SERVICES
 from infra.http.wire import HTTPProblem
+from infra.keyring import KEYS, SubjectErased
 from infra.witness import WITNESS, Witness
 from services.actors import Actor, ActorKind
 from services.ports import Unavailable
@@ -153,6 +155,24 @@ def selectors(request: web.Request) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(pairs))[:MAX_SELECTORS]
 
 
+async def load_actor_key(request: web.Request, actor: Actor) -> None:
+    """Make the actor's data key ready: their address and user agent are stored
+    sealed under it, so the ledger's chain never hashes them in clear and an
+    erased person's entries still verify (infra/keyring.py)."""
+    ring = request.app[SERVICES].ledger.store.keyring
+    if ring is not None and not KEYS.live(actor.id):
+        with contextlib.suppress(SubjectErased):  # erased: nothing of theirs is kept
+            await ring.ensure([actor.id])
+
+
+def _sealed(request: web.Request, actor: Actor, field: str, text: str) -> str:
+    if request.app[SERVICES].ledger.store.keyring is None:
+        return text  # a pool without a keyring (the service layer's own tests)
+    if not KEYS.live(actor.id):
+        return ""  # erased (or never loaded): kept as nothing rather than in clear
+    return KEYS.seal_text(actor.id, field, text)
+
+
 def access_record(
     request: web.Request, actor: Actor, audit: Audit, outcome: str, access: Access
 ) -> AccessRecord:
@@ -176,8 +196,10 @@ def access_record(
         outcome=outcome,  # type: ignore[arg-type]
         at=request.app[SERVICES].clock.now(),
         request_id=request.get(REQUEST_ID, ""),
-        client_ip=request.remote or "",
-        user_agent=header(request, "User-Agent", limit=USER_AGENT_LIMIT),
+        client_ip=_sealed(request, actor, "client_ip", request.remote or ""),
+        user_agent=_sealed(
+            request, actor, "user_agent", header(request, "User-Agent", limit=USER_AGENT_LIMIT)
+        ),
         as_of=access.as_of,
         as_of_tx=access.as_of_tx,
     )
@@ -195,6 +217,7 @@ def _asked_for(request: web.Request, audit: Audit) -> Access:
 
 async def record_refusal(request: web.Request, actor: Actor, audit: Audit, outcome: str) -> None:
     """A not-found or denied attempt, recorded before the refusal is answered."""
+    await load_actor_key(request, actor)
     record = access_record(request, actor, audit, outcome, _asked_for(request, audit))
     await request.app[SERVICES].ledger.record(record)
 
@@ -256,6 +279,7 @@ def audited(audit: Audit, handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         actor: Actor = request[ACTOR]
         request[ACCESS] = Access()
+        await load_actor_key(request, actor)
         witness = _witness(request, actor, audit) if audit.action in WRITES else None
         # A write's change and its entry are appended in one statement (infra/witness.py).
         reset = WITNESS.set(witness)

@@ -20,7 +20,9 @@ from infra.http.convert import (
     practitioner_out,
 )
 from infra.http.keys import actor_of, meta_of, services_of
+from infra.http.reads import behind
 from infra.http.wire import HTTPProblem, path_id, read_body, reply
+from infra.readmodels import NotCaughtUp
 from infra.repository import log_position
 from services.actors import ActorKind
 
@@ -240,6 +242,30 @@ async def give_consent(request: web.Request) -> web.Response:
     )
     out = s.ConsentOut(patient_id=patient_id, establishment_id=body.establishment_id)
     return reply(out, 200, given.position or None)
+
+
+async def erase_patient(request: web.Request) -> web.Response:
+    """GDPR Art. 17: the patient themselves, or an admin for the data-protection officer."""
+    patient_id = path_id(request, "patient_id", "patient")
+    try:
+        done = await services_of(request).rights.erase_patient(
+            actor_of(request), meta_of(request), patient_id
+        )
+    except NotCaughtUp as e:  # repeat it: the erasure resumes where it stopped
+        raise behind(e, "The patient view has not caught up yet") from None
+    note(
+        request,
+        items=[disclosed(patient_id, patient_id=patient_id)],
+        as_of=done.position,
+    )
+    out = s.ErasureOut(
+        patient_id=patient_id,
+        erased=True,
+        already_erased=done.already,
+        cancelled_appointments=list(done.cancelled),
+        tokens_revoked=done.tokens_revoked,
+    )
+    return reply(out, 200, done.position or None)
 
 
 # -- appointments -----------------------------------------------------------

@@ -81,6 +81,13 @@ def request_id(sent: str) -> str:
     return sent if _SAFE_ID.fullmatch(sent) else uuid.uuid4().hex
 
 
+# What Carnet's access log says of a request: when, the request line, the status,
+# the size, the time taken and its request id; not the client's address nor its
+# user agent, which are personal data (the access ledger keeps them, sealed
+# under the person's key: infra/keyring.py).
+ACCESS_LOG_FORMAT = '%t "%r" %s %b %Tf "%{X-Request-Id}o"'
+
+
 class EscapingAccessLogger(AccessLogger):
     """aiohttp's access log with every request header escaped as above."""
 

@@ -14,6 +14,7 @@ from services.credentials import CredentialService
 from services.directory import DirectoryService
 from services.ports import Clock, Metadata
 from services.queries import QueryService
+from services.rights import RightsService
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Services:
     clock: Clock  # the time every use case and access entry is stamped with
     # name -> async check returning "ok" or raising; /readyz runs them all
     checks: dict[str, Callable[[], Awaitable[str]]]
+    rights: RightsService  # erasure (GDPR Art. 17)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -17,6 +17,7 @@ from domain.ledger import AccessRecord, Action, Outcome
 from infra.access_index import INDEX
 from infra.http import schemas as s
 from infra.http.audit import disclosed, note
+from infra.http.convert import access_log_entry_out
 from infra.http.keys import actor_of, services_of
 from infra.http.reads import behind, consistent
 from infra.http.wire import HTTPProblem, read_query, reply
@@ -37,22 +38,7 @@ async def my_access_log(request: web.Request) -> web.Response:
         as_of=as_of.position,
         as_of_tx=as_of.tx,
     )
-    return reply(
-        s.AccessLogOut(
-            entries=[
-                s.AccessLogEntryOut(
-                    at=e.at,
-                    actor=e.actor,
-                    action=e.action,
-                    resource_type=e.resource_type,
-                    outcome=e.outcome,
-                    fields=list(e.fields),
-                    identified=e.identified,
-                )
-                for e in entries
-            ]
-        )
-    )
+    return reply(s.AccessLogOut(entries=[access_log_entry_out(e) for e in entries]))
 
 
 MAX_VALUES, VALUE_LIMIT = 50, 64

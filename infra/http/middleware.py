@@ -8,6 +8,7 @@ from aiohttp import web
 
 from domain.errors import (
     Conflict,
+    DataErased,
     DomainError,
     Forbidden,
     IdempotencyKeyReused,
@@ -32,6 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A reused Idempotency-Key is the client's error, not a race: 422, as in the
 # IETF Idempotency-Key draft, although the domain files it under Conflict.
 _STATUS = [
+    (DataErased, 410),
     (NotFound, 404),
     (Forbidden, 403),
     (IdempotencyKeyReused, 422),

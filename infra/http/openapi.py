@@ -122,7 +122,11 @@ def _operation(route: Route, refs: dict[type, Any], schemas: dict[str, Any]) -> 
                     if status < 300
                     else ("X-Request-Id", "Retry-After")
                 ),
-                "content": {"application/json": {"schema": refs[route.response]}},
+                "content": {
+                    "application/json": {"schema": refs[route.response]},
+                    # Another representation (a FHIR R4 Bundle), named by its media type.
+                    **{media: {"schema": {"type": "object"}} for media in route.media},
+                },
             }
     # Any authenticated call may be throttled, and any call may meet a
     # database that does not answer in time.

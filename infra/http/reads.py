@@ -6,7 +6,7 @@ from aiohttp import web
 
 from infra.http import schemas as s
 from infra.http.audit import disclosed, note
-from infra.http.convert import establishment_out, practitioner_out
+from infra.http.convert import establishment_out, patient_appointment_out, practitioner_out
 from infra.http.keys import SERVICES, actor_of, services_of
 from infra.http.wire import (
     MIN_POSITION_HEADER,
@@ -196,24 +196,6 @@ async def patient_appointments(request: web.Request) -> web.Response:
     return reply(
         s.PatientAppointmentsOut(
             patient_id=patient_id,
-            appointments=[
-                s.PatientAppointmentOut(
-                    id=a.appointment_id,
-                    practitioner_id=a.practitioner_id,
-                    practitioner_name=a.practitioner_name,
-                    specialty=a.specialty,
-                    establishment_id=a.establishment_id,
-                    establishment_name=a.establishment_name,
-                    address=a.address,
-                    city=a.city,
-                    motive_id=a.motive_id,
-                    start=a.start,
-                    end=a.end,
-                    status=a.status,
-                    replaces=a.replaces,
-                    replaced_by=a.replaced_by,
-                )
-                for a in found
-            ],
+            appointments=[patient_appointment_out(a) for a in found],
         )
     )

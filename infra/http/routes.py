@@ -10,6 +10,7 @@ from infra.http import admin_routes as ad
 from infra.http import handlers as h
 from infra.http import ledger_routes as lg
 from infra.http import reads as r
+from infra.http import rights_routes as rr
 from infra.http import schemas as s
 from infra.http import scope_routes as sc
 from infra.http.audit import Audit, audited
@@ -18,7 +19,9 @@ from services.scoping import Scope
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 READ_ERRORS = (400, 401, 404, 503)
-WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 415, 422, 503)
+WRITE_ERRORS = (400, 401, 403, 404, 409, 410, 413, 415, 422, 503)
+# A patient's own record, once erased (GDPR Art. 17): 410 Gone.
+PATIENT_ERRORS = (*READ_ERRORS, 410)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Route:
     read_model: bool = False
     # Touches personal data: every call lands in the access ledger.
     audit: Audit | None = None
+    # Media types the success may also come in (on request), besides application/json.
+    media: tuple[str, ...] = ()
 
 
 ROTATED = ad.ISSUED_FIELDS  # a rotation's answer: the old token's state, the new one
@@ -57,6 +62,18 @@ ROUTES: tuple[Route, ...] = (
         s.AccessLogOut,
         errors=(401, 403, 503),
         audit=Audit("access-log", "read"),
+    ),
+    Route(
+        "GET",
+        "/me/export",
+        rr.my_export,
+        "Everything Carnet holds about me, as JSON or as a FHIR R4 Bundle (GDPR Art. 15, 20)",
+        "patients",
+        s.ExportOut,
+        query=s.ExportQuery,
+        errors=(400, 401, 403, 404, 410, 503),
+        audit=Audit("patient", "export"),
+        media=("application/fhir+json",),
     ),
     Route(
         "GET",
@@ -225,6 +242,7 @@ ROUTES: tuple[Route, ...] = (
         "Get a patient's profile",
         "patients",
         s.PatientOut,
+        errors=PATIENT_ERRORS,
         audit=Audit("patient", "read", ("patient_id",)),
     ),
     Route(
@@ -250,6 +268,18 @@ ROUTES: tuple[Route, ...] = (
         s.GiveConsent,
         errors=WRITE_ERRORS,
         audit=Audit("patient", "change", ("patient_id",), h.describe_consent),
+    ),
+    Route(
+        "POST",
+        "/patients/{patient_id}/erasure",
+        h.erase_patient,
+        "Erase a patient's personal data (GDPR Art. 17; the patient, or an admin): future "
+        "appointments cancelled, tokens revoked, the data key destroyed",
+        "patients",
+        s.ErasureOut,
+        200,
+        errors=WRITE_ERRORS,
+        audit=Audit("patient", "delete", ("patient_id",)),
     ),
     Route(
         "POST",

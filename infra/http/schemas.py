@@ -408,6 +408,14 @@ class ConsentOut(Out):
     establishment_id: UUID
 
 
+class ErasureOut(Out):
+    patient_id: UUID
+    erased: bool
+    already_erased: bool  # a repeat: the erasure was recorded before (this one finished it)
+    cancelled_appointments: list[UUID]  # by this request: booked, not yet begun
+    tokens_revoked: int
+
+
 class TokenStateOut(Out):
     token_id: UUID
     state: Literal["active", "revoked", "suspended"]
@@ -439,6 +447,38 @@ class AccessLogEntryOut(Out):
 
 class AccessLogOut(Out):
     entries: list[AccessLogEntryOut]
+
+
+class ExportQuery(Strict):
+    format: Literal["json", "fhir"] = "json"  # fhir: a FHIR R4 Bundle (application/fhir+json)
+
+
+class ExportPatientOut(Out):
+    id: UUID
+    first_name: str | None
+    last_name: str | None
+    birth_date: date | None
+    sex: str | None
+    email: str | None
+    phone: str | None
+    registered_at: datetime
+    registered_by_establishment: UUID | None
+
+
+class ContactChangeOut(Out):
+    at: datetime
+    email: str | None
+    phone: str | None
+
+
+class ExportOut(Out):
+    """Everything Carnet holds about you (GDPR Art. 15 and 20)."""
+
+    exported_at: datetime
+    patient: ExportPatientOut
+    appointments: list[PatientAppointmentOut]
+    contact_history: list[ContactChangeOut]  # registration, then each change
+    access_log: list[AccessLogEntryOut]
 
 
 # One value, or several separated by commas (any of them matches); user agents

@@ -8,6 +8,7 @@ from domain.ledger import AccessRecord, Disclosure, Finding
 from infra import access_index
 from infra.codec import TypedMapper
 from infra.deadlines import bounded
+from infra.keyring import keyring_of
 from infra.ledger import verify_ledger
 from infra.replay import PostgresPointInTime
 from services.ports import Clock, LedgerQuery
@@ -22,7 +23,7 @@ class IndexedLedger:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.mapper = TypedMapper()
+        self.mapper = TypedMapper(keyring_of(pool))
 
     async def ledger_entries(self, query: LedgerQuery) -> list[tuple[int, AccessRecord]]:
         return await bounded(self._find(query), PAGE_SECONDS, "the access index")

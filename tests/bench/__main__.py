@@ -26,6 +26,7 @@ from tests.bench.common import (
     server_url,
     table,
 )
+from tests.bench.crypto import bench_crypto
 from tests.bench.http_bookings import bench_http
 from tests.bench.lag import bench_lag
 from tests.bench.metrics_overhead import bench_metrics
@@ -49,6 +50,7 @@ BENCHMARKS = (
     "access-index",
     "scope",
     "metrics",
+    "crypto",
 )
 
 
@@ -138,6 +140,8 @@ async def run(server: str, cfg: Config, which: list[str]) -> list[Result]:
         results += await bench_scope(server, cfg)
     if "metrics" in which:
         results += await bench_metrics(server, cfg)
+    if "crypto" in which:
+        results += await bench_crypto(server, cfg)
     return results
 
 

@@ -46,14 +46,14 @@ class Writer:
 
     def __init__(self, pool: asyncpg.Pool, meta: Metadata = META) -> None:
         self.store = EventStore(pool)
-        self.mapper = TypedMapper()
+        # Personal fields sealed when the pool has a keyring, as the repository does.
+        self.mapper = TypedMapper(self.store.keyring)
         self.meta = meta
         self.pending: list[StoredEvent] = []
         self.appended = 0
 
-    def take(self, *aggregates: Aggregate) -> None:
-        for aggregate in aggregates:
-            self.pending += [self.mapper.to_stored_event(e) for e in aggregate.collect_events()]
+    async def take(self, *aggregates: Aggregate) -> None:
+        self.pending += await self.mapper.stored_events(aggregates)
 
     async def flush(self) -> None:
         if self.pending:
@@ -78,7 +78,7 @@ async def _directory(writer: Writer) -> tuple[list[Practitioner], list[UUID]]:
         Establishment.register(f"Cabinet {i}", f"{i} rue du Banc", CITIES[i % len(CITIES)], TZ)
         for i in range(ESTABLISHMENTS)
     ]
-    writer.take(*places)
+    await writer.take(*places)
     practitioners = []
     for i in range(PRACTITIONERS):
         p = Practitioner.register(
@@ -88,7 +88,7 @@ async def _directory(writer: Writer) -> tuple[list[Practitioner], list[UUID]]:
             p.add_motive(motive)
         p.set_opening_hours(HOURS)
         practitioners.append(p)
-    writer.take(*practitioners)
+    await writer.take(*practitioners)
     patients = [
         Patient.register(
             f"Patient{i}",
@@ -100,7 +100,7 @@ async def _directory(writer: Writer) -> tuple[list[Practitioner], list[UUID]]:
         )
         for i in range(PATIENTS)
     ]
-    writer.take(*patients)
+    await writer.take(*patients)
     await writer.flush()
     return practitioners, [p.id for p in patients]
 
@@ -135,14 +135,14 @@ async def _bookings(
                         end=end,
                         source=Source.STAFF,
                     )
-                    writer.take(agenda_day, appointment)
+                    await writer.take(agenda_day, appointment)
                     booked.append((appointment, agenda_day))
                     done += 1
                     if rng.random() < 0.1 and len(booked) > 5:
                         # A cancellation of an earlier booking, a few bookings later.
                         old, old_day = booked.pop(rng.randrange(len(booked) - 5, len(booked)))
                         agenda.cancel(old, old_day, "changed plans", Source.STAFF)
-                        writer.take(old_day, old)
+                        await writer.take(old_day, old)
                     if done % per_append == 0:
                         await writer.flush()
         day += timedelta(days=1)

@@ -34,6 +34,7 @@ from aiohttp import web
 from infra.bootstrap import build_services, open_pool
 from infra.http.app import create_app
 from infra.http.throttle import ThrottlePolicy
+from infra.keyring import uninstall
 from infra.loop import run_main
 from tests.bench import append
 from tests.bench.common import Config, Result, Run, fresh_database, median_rate, paired_ratios, say
@@ -47,7 +48,9 @@ SCRAPE_EVERY = 5.0
 
 
 @contextlib.asynccontextmanager
-async def metrics_server(database_url: str, metrics: bool) -> AsyncIterator[Served]:
+async def metrics_server(
+    database_url: str, metrics: bool, sealed: bool = True
+) -> AsyncIterator[Served]:
     env = {**os.environ, "CARNET_METRICS_DISABLED": "0" if metrics else "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -57,6 +60,7 @@ async def metrics_server(database_url: str, metrics: bool) -> AsyncIterator[Serv
         database_url,
         "--metrics",
         "on" if metrics else "off",
+        *(() if sealed else ("--plaintext",)),
         cwd=ROOT_DIR,
         env=env,
         stdin=asyncio.subprocess.PIPE,
@@ -82,21 +86,46 @@ async def scrape_forever(session: aiohttp.ClientSession, failures: list[str]) ->
 
 
 async def bench_metrics(server_db: str, cfg: Config) -> list[Result]:
-    n_rounds = cfg.http_rounds * 2
     say(
         f"\n[i9-1] Metrics overhead: bookings/s with metrics on vs off ({cfg.concurrency} "
-        f"client workers, {n_rounds} rounds of {cfg.http_seconds:g} s each side)"
+        f"client workers, {cfg.http_rounds * 2} rounds of {cfg.http_seconds:g} s each side)"
     )
+    return await paired_bookings(
+        server_db,
+        cfg,
+        "[i9-1]",
+        (ON, True, True),
+        (OFF, False, True),
+        "metrics",
+        0.97,
+        "(>1: metrics cost CPU)",
+    )
+
+
+async def paired_bookings(
+    server_db: str,
+    cfg: Config,
+    name: str,
+    on_side: tuple[str, bool, bool],
+    off_side: tuple[str, bool, bool],
+    what: str,
+    goal: float,
+    cpu_note: str,
+) -> list[Result]:
+    """Bookings/s of two servers of the same build, rounds alternating: each side is
+    (label, metrics on, personal fields sealed); the ratio is on/off."""
+    on_label, off_label = on_side[0], off_side[0]
+    n_rounds = cfg.http_rounds * 2
     async with contextlib.AsyncExitStack() as stack:
-        url = await stack.enter_async_context(fresh_database(server_db, "metrics"))
+        url = await stack.enter_async_context(fresh_database(server_db, what))
         pool = await append.open_bench_pool(url, cfg.concurrency)
         stack.push_async_callback(pool.close)
         services = build_services(pool, clock=FakeClock(T0))
         sides: dict[str, HttpSide] = {}
         scrapes: list[str] = []
-        for label, metrics, seed in ((ON, True, 8), (OFF, False, 9)):
+        for (label, metrics, sealed), seed in ((on_side, 8), (off_side, 9)):
             plan = await make_plan(services)  # its own practitioners: no conflicts
-            served = await stack.enter_async_context(metrics_server(url, metrics))
+            served = await stack.enter_async_context(metrics_server(url, metrics, sealed))
             connector = aiohttp.TCPConnector(limit=cfg.concurrency + 1)
             session = aiohttp.ClientSession(served.base_url, connector=connector)
             await stack.enter_async_context(session)
@@ -109,13 +138,13 @@ async def bench_metrics(server_db: str, cfg: Config) -> list[Result]:
             await side.run(cfg, cfg.warmup, 30, keep=False)
 
         async def on() -> Run:
-            return await sides[ON].run(cfg, 10**9, cfg.http_seconds)
+            return await sides[on_label].run(cfg, 10**9, cfg.http_seconds)
 
         async def off() -> Run:
-            return await sides[OFF].run(cfg, 10**9, cfg.http_seconds)
+            return await sides[off_label].run(cfg, 10**9, cfg.http_seconds)
 
         runs = await measured_rounds(
-            [(ON, on), (OFF, off)],
+            [(on_label, on), (off_label, off)],
             n_rounds,
             warm=False,
         )
@@ -125,40 +154,42 @@ async def bench_metrics(server_db: str, cfg: Config) -> list[Result]:
         say(side.cpu_line(label))
     if scrapes:
         say(f"    !! {len(scrapes)} scrapes failed; first: {scrapes[0]}")
-    ratios = paired_ratios(runs[ON], runs[OFF])
+    ratios = paired_ratios(runs[on_label], runs[off_label])
 
     def cpu_us(side: HttpSide) -> float:
         return side.server_cpu / max(1, sum(r.ops for r in side.runs)) * 1e6
 
     return [
         Result(
-            "[i9-1] bookings/s, metrics on",
-            median_rate(runs[ON]),
-            median_rate(runs[OFF]),
-            "metrics off",
+            f"{name} bookings/s, {on_label.split(', ')[-1]}",
+            median_rate(runs[on_label]),
+            median_rate(runs[off_label]),
+            off_label.split(", ")[-1],
             "/s",
-            0.97,
+            goal,
             f"{cfg.concurrency} client workers, one server process each, same database",
             ratios,
         ),
         Result(
-            "[i9-1] server CPU/booking, metrics on",
-            cpu_us(sides[ON]),
-            cpu_us(sides[OFF]),
-            "metrics off",
+            f"{name} server CPU/booking, {on_label.split(', ')[-1]}",
+            cpu_us(sides[on_label]),
+            cpu_us(sides[off_label]),
+            off_label.split(", ")[-1],
             "µs",
             None,
-            "over all rounds; less noisy than the rate on a busy machine (>1: metrics cost CPU)",
+            f"over all rounds; less noisy than the rate on a busy machine {cpu_note}",
         ),
     ]
 
 
-async def serve(database_url: str, metrics: bool) -> None:
+async def serve(database_url: str, metrics: bool, sealed: bool = True) -> None:
     from infra.metrics import DISABLED
     from infra.sampler import sampling
 
     assert DISABLED is not metrics, "CARNET_METRICS_DISABLED must match --metrics"
     pool = await open_pool(database_url)
+    if not sealed:  # encryption off (benchmark [i11-1] only): no keyring, plaintext
+        uninstall(pool)
     # As in [3]: one desk token books for every client worker.
     unthrottled = ThrottlePolicy(rate_per_second=1e9, burst=10**9)
     app = create_app(build_services(pool, clock=FakeClock(T0)), unthrottled)
@@ -179,8 +210,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.metrics_overhead")
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--metrics", choices=("on", "off"), required=True)
+    parser.add_argument("--plaintext", action="store_true", help="personal fields unsealed")
     args = parser.parse_args()
-    run_main(serve(args.database_url, args.metrics == "on"))
+    run_main(serve(args.database_url, args.metrics == "on", not args.plaintext))
 
 
 if __name__ == "__main__":

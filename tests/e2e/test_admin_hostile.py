@@ -189,7 +189,7 @@ async def test_a_token_committed_late_is_not_skipped_by_a_walk_under_way(
     async with pool.acquire() as conn:
         open_tx = conn.transaction()
         await open_tx.start()
-        stored = [store.mapper.to_stored_event(e) for e in held.collect_events()]
+        stored = await store.mapper.stored_events([held])
         await EventStore.append_on(conn, stored, META)
         await conn.execute(TOKEN_UPSERT, *token_args(held))
         later = [

@@ -93,6 +93,9 @@ MATRIX: dict[tuple[str, str], Cells] = {
     ("GET", "/patients/{patient_id}"): _PATIENT,
     ("PUT", "/patients/{patient_id}/contact"): _PATIENT,
     ("POST", "/patients/{patient_id}/consents"): _PATIENT,
+    ("POST", "/patients/{patient_id}/erasure"): _PATIENT,
+    # Only a patient's own token: no object to name, nobody else's to reach.
+    ("GET", "/me/export"): cells(_FORBIDDEN, patient=(200,)),
     # An admin listing an unknown patient's appointments gets an empty list.
     ("GET", "/patients/{patient_id}/appointments"): {**_PATIENT, "admin": (200, 200, 200)},
     ("GET", "/practitioners/{practitioner_id}/agenda"): cells(
@@ -134,8 +137,15 @@ MATRIX: dict[tuple[str, str], Cells] = {
 }
 # Calls that change the caller's own token go last: afterwards it may no longer work.
 OWN_TOKEN_LAST = frozenset(
-    {("POST", "/tokens/{token_id}/revoke"), ("POST", "/admin/tokens/{token_id}/rotate")}
+    {
+        ("POST", "/tokens/{token_id}/revoke"),
+        ("POST", "/admin/tokens/{token_id}/rotate"),
+        ("POST", "/patients/{patient_id}/erasure"),  # revokes the patient's own token
+    }
 )
+# Routes that change several records in several writes, each with its own entry
+# (an erasure: the patient, then each token revoked): the first one is checked.
+ONE_ENTRY_A_WRITE = frozenset({("POST", "/patients/{patient_id}/erasure")})
 
 
 class Board:
@@ -308,6 +318,10 @@ async def test_each_actor_gets_the_expected_status_and_the_ledger_the_expected_o
             planned.append((actor, obj, *(await request_for(board, route, obj, actor))))
     if route in OWN_TOKEN_LAST:
         planned.sort(key=lambda cell: cell[1] == "own")
+    if route in ONE_ENTRY_A_WRITE:
+        # The patient erases themselves before the admin erases them again (then
+        # told it was done): the other way round, their token would be gone.
+        planned.sort(key=lambda cell: (cell[1] == "own", cell[0] == "admin"))
     if route[1].endswith(("/noshow", "/fulfilled")):
         clock.advance(days=2)  # Thursday 08:00: every Wednesday appointment has started
 
@@ -325,7 +339,7 @@ async def test_each_actor_gets_the_expected_status_and_the_ledger_the_expected_o
         outcome = OUTCOME_OF_STATUS.get(answer.status, "?")
         if answer.status != expected:
             wrong.append((actor, obj, "status", expected, answer.status, body[:200]))
-        elif len(entries) != 1:
+        elif len(entries) != 1 and not (route in ONE_ENTRY_A_WRITE and entries):
             wrong.append((actor, obj, "entries", 1, len(entries), entries))
         else:
             record = entries[0].record

@@ -20,6 +20,7 @@ from domain.ledger import LEDGER_ID
 from infra.http.app import create_app
 from infra.http.headers import EscapingAccessLogger, escaped
 from infra.http.keys import Services
+from infra.keyring import TEXT_PREFIX, opened
 from infra.ledger import read_chain, verify_ledger
 from tests.e2e.support import PROBLEM_JSON, WEDNESDAY, paris
 from tests.world import World
@@ -137,7 +138,9 @@ async def test_the_ledger_keeps_header_values_escaped_and_bounded_and_still_veri
     )
     assert answer.status == 200, answer
 
-    entry = (await read_chain(pool))[-1].record
+    stored = (await read_chain(pool))[-1].record
+    assert stored.user_agent.startswith(TEXT_PREFIX)  # sealed: the chain hashes ciphertext
+    entry = opened(stored)
     # Each byte that is not part of a printable character is written \xNN,
     # a backslash is doubled, and the escaped form is cut at 200 characters.
     assert entry.user_agent == ("bot\\xff\\xc2\\x85\\\\" + "é" * 300)[:200]

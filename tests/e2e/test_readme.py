@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SECTIONS = ("A booking, step by step", "Tokens")
+SECTIONS = ("A booking, step by step", "Patients' rights", "Tokens")
 
 
 @dataclass

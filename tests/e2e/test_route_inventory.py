@@ -154,6 +154,7 @@ class Expect:
     patient_ids: set[str]
     status: int = 200
     discloses: bool = True
+    entries: int = 1  # an erasure: one a write (the patient, each token), each naming its own
 
 
 @dataclass
@@ -212,6 +213,14 @@ async def _access_log(sc: Scene) -> Expect:
     body = await sc.call("GET", "/me/access-log", "patient", 200)
     assert body["entries"], body
     return Expect("patient", "access-log", "read", {alice}, {alice})
+
+
+@example("GET", "/me/export")
+async def _export(sc: Scene) -> Expect:
+    alice = str(sc.world.patient)
+    body = await sc.call("GET", "/me/export", "patient", 200)
+    assert body["patient"]["id"] == alice and body["patient"]["first_name"] == "Alice"
+    return Expect("patient", "patient", "export", {alice}, {alice})
 
 
 @example("GET", "/ledger")
@@ -301,6 +310,15 @@ async def _consent(sc: Scene) -> Expect:
     body = await sc.call("POST", f"/patients/{bob}/consents", "other_patient", 200, json=there)
     assert body == {"patient_id": bob, "establishment_id": there["establishment_id"]}
     return Expect("other_patient", "patient", "change", {bob}, {bob})
+
+
+@example("POST", "/patients/{patient_id}/erasure")
+async def _erasure(sc: Scene) -> Expect:
+    bob = str(sc.world.other_patient)
+    body = await sc.call("POST", f"/patients/{bob}/erasure", "admin", 200)
+    assert body["erased"] is True and body["patient_id"] == bob
+    # Two writes, two entries: Patient.Erased, and the revocation of Bob's one token.
+    return Expect("admin", "patient", "delete", {bob}, {bob}, entries=2, discloses=False)
 
 
 @example("POST", "/appointments")
@@ -507,7 +525,7 @@ async def test_an_audited_route_leaves_one_entry_naming_the_records_it_touched(
     scene = Scene(client, world, services, clock, LedgerWatch(pool))
     expect = await EXAMPLES[route](scene)
 
-    assert len(scene.entries) == 1, scene.entries
+    assert len(scene.entries) == expect.entries, scene.entries
     record = scene.entries[0].record.reflecting(scene.entries[0].sequence)
     actor = world.actors[expect.who]
     assert (record.actor_kind, record.actor_id, record.token_id) == (

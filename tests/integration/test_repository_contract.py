@@ -243,6 +243,20 @@ async def test_a_save_relying_on_unchanged_records_goes_in(pair: Pair):
     assert await pair.fresh.get(AgendaDay, day.id) is not None
 
 
+async def test_the_history_of_an_aggregate_is_its_events_in_order(pair: Pair):
+    patient = Patient.register(
+        "Héloïse", "Abélard", date(1990, 3, 3), Sex.FEMALE, "h@example.org", "+33 6 10 10 10 10"
+    )
+    await pair.writer.save([patient], META)
+    patient.change_contact_details("h2@example.org", "+33 6 20 20 20 20")
+    await pair.writer.save([patient], META)
+    events = await pair.reader.history(patient.id)
+    assert [type(e).__name__ for e in events] == ["Registered", "ContactDetailsChanged"]
+    assert [e.originator_version for e in events] == [1, 2]
+    assert (events[0].first_name, events[1].email) == ("Héloïse", "h2@example.org")
+    assert await pair.reader.history(uuid4()) == []
+
+
 # -- PostgreSQL only: positions, the bound, a log that changed behind the cache --
 
 

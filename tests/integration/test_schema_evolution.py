@@ -4,7 +4,8 @@ tests/fixtures/events-vN.jsonl hold one stored event of each event type, in the
 shapes of one release (v1: main at commit 9fe9e84, before issue 7; v2: issue 7,
 with care relationships and the patient's registering establishment; v3: issue 8,
 access entries with disclosure items, selectors, replay and as_of_tx; v4: issue 10,
-the ledger's anchors), exactly as
+the ledger's anchors; v5: issue 11, erasure, in plaintext as a log written
+before crypto-shredding holds them), exactly as
 the mapper wrote them: one JSON object a line, with the stored state as text.
 They are never rewritten: a log in production holds them for ever. Every run
 decodes each of them into today's classes (where a field added since then must
@@ -14,7 +15,7 @@ projects them into every read model and loads every aggregate from them.
 When an event type is added or a shape changes, extend `todays_events` below and
 write the next file, keeping the older ones:
 
-    .venv/bin/python -m tests.integration.test_schema_evolution tests/fixtures/events-v4.jsonl
+    .venv/bin/python -m tests.integration.test_schema_evolution tests/fixtures/events-v5.jsonl
 """
 
 import importlib
@@ -34,7 +35,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
 import domain
-from domain.agenda import AgendaDay, Appointment, cancel, reschedule
+from domain.agenda import AgendaDay, Appointment, cancel, cancel_on_erasure, reschedule
 from domain.credentials import Grant, Token
 from domain.directory import Basis, CareRelationship, Establishment, Patient, Practitioner
 from domain.ledger import (
@@ -100,6 +101,13 @@ def todays_events() -> list[Any]:
         end=start + timedelta(minutes=20),
         by=Source.STAFF,
     )
+    # Issue 11: a patient erased, their appointment to come cancelled with it.
+    gone = Patient.register(
+        "Bob", "Gone", date(1970, 2, 2), Sex.MALE, "bob@example.org", "+33 6 22 22 22 22"
+    )
+    theirs = consultation(day, gone.id, est.id, FIRST_SLOT + timedelta(hours=8))
+    cancel_on_erasure(theirs, day, Source.PATIENT)
+    gone.erase()
     missed.mark_noshow(FIRST_SLOT + timedelta(hours=3))
     seen.mark_fulfilled(FIRST_SLOT + timedelta(hours=6))
     token = Token(
@@ -160,7 +168,7 @@ def todays_events() -> list[Any]:
         hash=anchor_hash(GENESIS, heads),
     )
     aggregates = [est, prac, patient, known, day, next_day, cancelled, moved, moved_to, missed]
-    aggregates.append(seen)
+    aggregates += [seen, gone, theirs]
     return [e for a in [*aggregates, token, grant] for e in a.collect_events()] + [entry, anchor]
 
 

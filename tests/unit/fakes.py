@@ -48,6 +48,9 @@ class FakeRepository:
         await asyncio.sleep(0)  # let concurrent use cases interleave, as on a real server
         return [self._replay(cls, aggregate_id) for cls, aggregate_id in wanted]
 
+    async def history(self, aggregate_id: UUID) -> list[Any]:
+        return [copy.deepcopy(e) for e in self.events.get(aggregate_id, [])]
+
     def _replay(self, cls: type[A], aggregate_id: UUID) -> A | None:
         aggregate: Any = None
         for event in self.events.get(aggregate_id, []):

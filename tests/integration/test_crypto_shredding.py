@@ -1,0 +1,140 @@
+"""Crypto-shredding (infra/keyring.py): personal fields are stored sealed under
+their data subject's key, and read back as erased (None) once it is destroyed.
+
+Against the real PostgreSQL: the raw bytes of the log never hold the
+plaintext, a process that has never seen the key reads the erased fields
+without an exception, and a wrong or missing key-encryption key stops the
+start with a message saying what to do.
+"""
+
+import base64
+import os
+from datetime import date
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from domain.directory import Patient
+from domain.values import Sex
+from infra.bootstrap import close_pool, open_pool
+from infra.eventstore import EventStore
+from infra.keyring import KEYS, KeyError_, SubjectErased, keyring_of
+from infra.repository import PostgresRepository
+from infra.schema import SCHEMA
+from infra.settings import Settings
+from services.ports import Metadata
+
+META = Metadata(actor_kind="admin", actor_id="crypto")
+NAME, EMAIL, PHONE = "Zéphyrine-Unique", "zephyrine.unique@example.org", "+33 6 98 76 54 32"
+
+
+def _patient() -> Patient:
+    return Patient.register(
+        first_name=NAME,
+        last_name="Ödegaard",
+        birth_date=date(1977, 7, 7),
+        sex=Sex.FEMALE,
+        email=EMAIL,
+        phone=PHONE,
+    )
+
+
+async def _raw_log(pool: asyncpg.Pool) -> bytes:
+    rows = await pool.fetch(f"SELECT state FROM {SCHEMA}.events ORDER BY position")
+    return b"\n".join(bytes(r[0]) for r in rows)
+
+
+def _forget_all_keys() -> None:
+    """As a process that has never loaded a key (a fresh start)."""
+    KEYS._keys.clear()
+
+
+async def test_personal_fields_are_stored_sealed_and_read_back(pool: asyncpg.Pool) -> None:
+    repo = PostgresRepository(EventStore(pool))
+    patient = _patient()
+    await repo.save([patient], META)
+    raw = await _raw_log(pool)
+    for text in (NAME, "Ödegaard", EMAIL, PHONE, "1977-07-07"):
+        assert text.encode() not in raw
+        assert text.encode("unicode_escape") not in raw
+    assert b'"$s":"' + str(patient.id).encode() in raw
+
+    _forget_all_keys()
+    fresh = await PostgresRepository(EventStore(pool), cache_capacity=0).get(Patient, patient.id)
+    assert fresh is not None
+    assert (fresh.first_name, fresh.email, fresh.phone) == (NAME, EMAIL, PHONE)
+    assert (fresh.birth_date, fresh.sex) == (date(1977, 7, 7), Sex.FEMALE)
+
+
+async def test_a_shredded_subject_reads_as_erased_in_a_process_that_never_saw_the_key(
+    pool: asyncpg.Pool,
+) -> None:
+    repo = PostgresRepository(EventStore(pool))
+    patient, other = _patient(), _patient()
+    await repo.save([patient, other], META)
+    ring = keyring_of(pool)
+    assert ring is not None
+    await ring.shred(patient.id)
+
+    for reader in ("this process", "a fresh process"):
+        if reader == "a fresh process":
+            _forget_all_keys()
+        got = await PostgresRepository(EventStore(pool), cache_capacity=0).get(Patient, patient.id)
+        assert got is not None, reader
+        assert (got.first_name, got.last_name, got.email, got.phone) == (None,) * 4, reader
+        assert (got.birth_date, got.sex) == (None, None), reader
+        kept = await PostgresRepository(EventStore(pool), cache_capacity=0).get(Patient, other.id)
+        assert kept is not None and kept.first_name == NAME, reader
+
+    # Nothing new of theirs is ever written again, readable or not.
+    assert got is not None
+    got.change_contact_details("new@example.org", "+33 1 23 45 67 89")
+    with pytest.raises(SubjectErased):
+        await repo.save([got], META)
+    wrapped = await pool.fetchval(
+        f"SELECT wrapped FROM {SCHEMA}.subject_keys WHERE subject_id = $1", patient.id
+    )
+    assert wrapped is None
+
+
+async def test_a_wrong_key_encryption_key_stops_the_start(db_url: str) -> None:
+    # The database was made with the suite's key (tests/conftest.py).
+    other = base64.b64encode(os.urandom(32)).decode()
+    with pytest.raises(KeyError_, match="not the one this database's personal data"):
+        await open_pool(db_url, Settings(kek=other), schema="check")
+
+
+async def test_no_key_encryption_key_stops_a_production_start(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CARNET_KEK")
+    with pytest.raises(KeyError_, match="no key-encryption key: set CARNET_KEK"):
+        await open_pool(db_url, Settings(), schema="check")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not base64 at all!", "not base64"),
+        (base64.b64encode(b"short").decode(), "32 bytes in base64"),
+    ],
+)
+async def test_a_malformed_key_encryption_key_is_refused_by_name(
+    db_url: str, text: str, message: str
+) -> None:
+    with pytest.raises(KeyError_, match=f"CARNET_KEK: .*{message}"):
+        await open_pool(db_url, Settings(kek=text), schema="check")
+
+
+async def test_the_right_key_from_a_file_opens_the_database(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "kek"
+    path.write_text(os.environ["CARNET_KEK"] + "\n")
+    monkeypatch.delenv("CARNET_KEK")
+    pool = await open_pool(db_url, Settings(kek_file=str(path)), schema="check")
+    try:
+        assert keyring_of(pool) is not None
+    finally:
+        await close_pool(pool)
