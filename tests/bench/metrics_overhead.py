@@ -36,6 +36,7 @@ from infra.http.app import create_app
 from infra.http.throttle import ThrottlePolicy
 from infra.keyring import uninstall
 from infra.loop import run_main
+from infra.settings import Settings
 from tests.bench import append
 from tests.bench.common import Config, Result, Run, fresh_database, median_rate, paired_ratios, say
 from tests.bench.common import rounds as measured_rounds
@@ -111,20 +112,27 @@ async def paired_bookings(
     what: str,
     goal: float,
     cpu_note: str,
+    n_rounds: int | None = None,
 ) -> list[Result]:
     """Bookings/s of two servers of the same build, rounds alternating: each side is
     (label, metrics on, personal fields sealed); the ratio is on/off."""
     on_label, off_label = on_side[0], off_side[0]
-    n_rounds = cfg.http_rounds * 2
+    n_rounds = n_rounds or cfg.http_rounds * 2
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(fresh_database(server_db, what))
         pool = await append.open_bench_pool(url, cfg.concurrency)
         stack.push_async_callback(pool.close)
-        services = build_services(pool, clock=FakeClock(T0))
+        services = {True: build_services(pool, clock=FakeClock(T0))}
+        if not (on_side[2] and off_side[2]):
+            # A plaintext side's patients are written in plaintext, as it would write them.
+            plain_pool = await open_pool(url, Settings(pool_min=2, pool_max=cfg.concurrency))
+            stack.push_async_callback(plain_pool.close)
+            uninstall(plain_pool)
+            services[False] = build_services(plain_pool, clock=FakeClock(T0))
         sides: dict[str, HttpSide] = {}
         scrapes: list[str] = []
         for (label, metrics, sealed), seed in ((on_side, 8), (off_side, 9)):
-            plan = await make_plan(services)  # its own practitioners: no conflicts
+            plan = await make_plan(services[sealed])  # its own practitioners: no conflicts
             served = await stack.enter_async_context(metrics_server(url, metrics, sealed))
             connector = aiohttp.TCPConnector(limit=cfg.concurrency + 1)
             session = aiohttp.ClientSession(served.base_url, connector=connector)
