@@ -24,6 +24,7 @@ from infra.repository import PostgresRepository
 from infra.schema import SCHEMA
 from infra.settings import Settings
 from services.ports import Metadata
+from tests.integration.db_support import empty_database
 
 META = Metadata(actor_kind="admin", actor_id="crypto")
 NAME, EMAIL, PHONE = "Zéphyrine-Unique", "zephyrine.unique@example.org", "+33 6 98 76 54 32"
@@ -138,3 +139,25 @@ async def test_the_right_key_from_a_file_opens_the_database(
         assert keyring_of(pool) is not None
     finally:
         await close_pool(pool)
+
+
+async def test_the_demo_makes_its_key_once_owner_only_and_keeps_using_it(
+    servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CARNET_KEK")
+    settings = Settings(data_dir=tmp_path / "demo")
+    async with empty_database(servers.database_url, "demokek") as url:
+        for _ in range(2):  # the first start makes the key, the second reads it
+            pool = await open_pool(url, settings, schema="migrate")
+            try:
+                repo = PostgresRepository(EventStore(pool))
+                patient = _patient()
+                await repo.save([patient], META)
+            finally:
+                await close_pool(pool)
+        kek = tmp_path / "demo" / "kek"
+        assert kek.stat().st_mode & 0o777 == 0o600
+        with pytest.raises(KeyError_, match="not the one this database's personal data"):
+            await open_pool(url, Settings(kek=base64.b64encode(os.urandom(32)).decode()))
+        with pytest.raises(KeyError_, match="no key-encryption key"):
+            await open_pool(url, Settings(), schema="check")
