@@ -17,11 +17,19 @@ transaction, outside the lock: it is safe to run twice at once by design
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
 
 import asyncpg
+import msgspec
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.utils import get_topic, resolve_topic
 
+from domain.personal import PERSONAL, personal_fields, subject_of_event
 from infra.backfill import run_once
+from infra.codec import TypedMapper
 from infra.eventstore import EventStore
+from infra.keyring import KeyError_, is_envelope, keyring_of, subjects_in
 from infra.projector import Projector
 from infra.repository import PostgresRepository
 from infra.schema import BOOKKEEPING, LATEST, SCHEMA, STEPS, VERSIONS
@@ -91,10 +99,72 @@ async def _rekey_access_models(pool: asyncpg.Pool) -> None:
             await conn.execute("SELECT pg_advisory_unlock($1, 7)", SCHEMA_LOCK)
 
 
+def is_plain(value: object) -> bool:
+    """A personal field's value as an earlier Carnet stored it: in clear."""
+    return value is not None and not is_envelope(value)
+
+
+_SEAL_PAGE = 500
+_SEALABLE = f"""SELECT position, originator_id, originator_version, topic, state
+FROM {SCHEMA}.events WHERE topic = ANY($1::text[]) AND position > $2
+ORDER BY position LIMIT $3"""
+_PATIENT_OF = f"""SELECT convert_from(state, 'UTF8')::jsonb ->> 'patient_id' FROM {SCHEMA}.events
+WHERE originator_id = $1 AND originator_version = 1"""
+
+
+async def _seal_earlier_events(pool: asyncpg.Pool) -> None:
+    """Seal the personal fields of events written before crypto-shredding (step 8).
+
+    The one rewrite of the log Carnet ever makes: an event's state is replaced
+    by the same event with its personal fields sealed, so that erasing a person
+    leaves nothing of theirs readable in it. Its position, transaction and
+    meaning stay; the access ledger's chain does not cover events. An event
+    already sealed is left as it is, so two processes may run this at once.
+    """
+    ring = keyring_of(pool)
+    if ring is None:
+        raise KeyError_(
+            "schema step 9 seals the personal data of earlier events: "
+            "it needs the key-encryption key (CARNET_KEK or kek_file)"
+        )
+    await ring.check()  # records this KEK's canary before any key is wrapped by it
+    mapper = TypedMapper(ring)
+    topics = [get_topic(cls) for cls in PERSONAL]
+    after = 0
+    while rows := await pool.fetch(_SEALABLE, topics, after, _SEAL_PAGE):
+        after = rows[-1][0]
+        await ring.load(subjects_in(r[4] for r in rows))
+        rewrites: list[tuple[int, bytes, Any, UUID]] = []
+        for position, originator_id, version, topic, state in rows:
+            raw = msgspec.json.decode(state)
+            names = personal_fields(resolve_topic(topic))
+            if not any(is_plain(raw.get(n)) for n in names):
+                continue  # sealed already (or nothing personal in it)
+            event = mapper.to_domain_event(StoredEvent(originator_id, version, topic, state))
+            subject = subject_of_event(event)
+            if subject is None:  # an appointment's: its patient's
+                patient = await pool.fetchval(_PATIENT_OF, originator_id)
+                subject = UUID(patient) if patient else None
+            if subject is not None:
+                rewrites.append((position, bytes(state), event, subject))
+        if not rewrites:
+            continue
+        await ring.ensure({r[3] for r in rewrites})
+        async with pool.acquire() as conn, conn.transaction():
+            for position, old, event, subject in rewrites:
+                await conn.execute(
+                    f"UPDATE {SCHEMA}.events SET state = $2 WHERE position = $1 AND state = $3",
+                    position,
+                    mapper.to_stored_event(event, subject).state,
+                    old,
+                )
+
+
 DATA: dict[int, Callable[[asyncpg.Pool], Awaitable[None]]] = {
     2: _backfill,
     4: _grant_index,
     7: _rekey_access_models,
+    9: _seal_earlier_events,
 }
 
 

@@ -155,5 +155,6 @@ STEPS: list[tuple[int, str, str | None]] = [
     (6, "access ledger shard leases", LEDGER_SHARDS),
     (7, "access index and access log keyed by log position, rebuilt", None),
     (8, "data subjects' keys for crypto-shredding", KEYRING),
+    (9, "personal data of earlier events sealed", None),
 ]
 LATEST = STEPS[-1][0]

@@ -19,6 +19,7 @@ import nats
 import pytest
 
 from domain.directory import ERASED_NAME, Patient
+from infra.commands.verify import verify_all
 from infra.eventstore import EventStore
 from infra.keyring import KEYS
 from infra.ledger import verify_ledger
@@ -30,7 +31,7 @@ from infra.stream import StreamNames
 from projections import all_projections
 from services.actors import ActorKind
 from tests.conftest import Servers
-from tests.e2e.support import THURSDAY, WEDNESDAY, agenda, book, ok, paris, problem
+from tests.e2e.support import THURSDAY, WEDNESDAY, agenda, book, free_starts, ok, paris, problem
 from tests.e2e.test_scope import carnet_scope, scope_over_http
 from tests.integration.test_backup_restore import _client
 from tests.integration.test_projections import dump
@@ -220,6 +221,8 @@ async def test_after_an_erasure_nothing_of_the_patient_is_readable_anywhere(
     then = await PostgresPointInTime(pool).contact(str(patient_id), before_erasure)
     assert then is not None and set(then.values()) == {None}
     assert await verify_ledger(pool) is None
+    report = await verify_all(pool)  # what `carnet verify` checks: chains and anchors
+    assert report.intact, report.lines()
 
     # A scope over the admin's token, whose read of her profile is in the window:
     # the record and the patient are reported, their values as erased.
@@ -270,3 +273,48 @@ async def test_erasing_a_patient_that_does_not_exist_is_a_clear_404(client, worl
     response = await client.post(f"/patients/{bad}/erasure", headers=world.auth("admin"))
     assert response.status in (400, 404)
     assert response.content_type == "application/problem+json"
+
+
+async def test_bookings_racing_an_erasure_leave_nothing_booked_for_the_patient(client, world):
+    """The desk books Alice into every free slot while she is erased twice at once:
+    whatever went in before `Patient.Erased` is cancelled by the erasure, anything
+    after is refused, and the two erasures agree."""
+    starts = (await free_starts(client, world, WEDNESDAY, THURSDAY))[:24]
+    assert len(starts) == 24
+
+    async def desk_books(start: str) -> int:
+        response = await book(client, world, start, who="staff", patient=world.patient)
+        await response.read()
+        return response.status
+
+    async def erase(who: str) -> dict:
+        await asyncio.sleep(0.01)
+        response = await client.post(f"/patients/{world.patient}/erasure", headers=world.auth(who))
+        return await ok(response)
+
+    results = await asyncio.gather(*(desk_books(s) for s in starts), erase("admin"), erase("admin"))
+    statuses, erasures = results[: len(starts)], results[len(starts) :]
+    assert set(statuses) <= {201, 404, 410}, statuses
+    assert sorted(e["already_erased"] for e in erasures) in (
+        [False, True],
+        [True, True],
+        [False, False],
+    )
+    cancelled = [a for e in erasures for a in e["cancelled_appointments"]]
+    assert len(cancelled) == len(set(cancelled))  # never cancelled twice
+
+    # Afterwards: the patient view holds nothing booked for her, and the time is free.
+    listed = await ok(
+        await client.get(f"/patients/{world.patient}/appointments", headers=world.auth("admin"))
+    )
+    assert [a for a in listed["appointments"] if a["status"] == "booked"] == []
+    assert sorted(cancelled) == sorted(a["id"] for a in listed["appointments"])
+    assert statuses.count(201) == len(cancelled)
+    free = await ok(
+        await client.get(
+            f"/practitioners/{world.practitioner}/availability",
+            params={"motive_id": "consultation", "from": WEDNESDAY, "to": THURSDAY},
+            headers=world.auth("other_patient"),  # hers is revoked
+        )
+    )
+    assert set(starts) <= {slot["start"] for slot in free["slots"]}

@@ -9,17 +9,21 @@ start with a message saying what to do.
 
 import base64
 import os
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from domain.directory import Patient
-from domain.values import Sex
+from domain import agenda
+from domain.agenda import AgendaDay
+from domain.credentials import Token
+from domain.directory import Establishment, Patient, Practitioner
+from domain.values import Motive, Sex, Source
 from infra.bootstrap import close_pool, open_pool
 from infra.eventstore import EventStore
-from infra.keyring import KEYS, KeyError_, SubjectErased, keyring_of
+from infra.keyring import KEYS, KeyError_, SubjectErased, install, keyring_of, uninstall
+from infra.migrations import _seal_earlier_events
 from infra.repository import PostgresRepository
 from infra.schema import SCHEMA
 from infra.settings import Settings
@@ -161,3 +165,62 @@ async def test_the_demo_makes_its_key_once_owner_only_and_keeps_using_it(
             await open_pool(url, Settings(kek=base64.b64encode(os.urandom(32)).decode()))
         with pytest.raises(KeyError_, match="no key-encryption key"):
             await open_pool(url, Settings(), schema="check")
+
+
+async def test_step_9_seals_the_personal_data_of_events_written_before_step_8(
+    pool: asyncpg.Pool, servers
+) -> None:
+    # As a Carnet before crypto-shredding wrote them: in clear.
+    ring = keyring_of(pool)
+    assert ring is not None
+    uninstall(pool)
+    try:
+        plain = PostgresRepository(EventStore(pool))
+        place = Establishment.register("Cabinet", "1 rue A", "Paris")
+        doctor = Practitioner.register("Dr A", "GP", place)
+        doctor.add_motive(Motive("consultation", "Consultation", 20))
+        patient = _patient()
+        await plain.save([place, doctor, patient], META)
+        patient.change_contact_details("new." + EMAIL, PHONE)
+        day = AgendaDay(practitioner_id=doctor.id, day=date(2026, 12, 2))
+        start = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+        appointment = agenda.book(
+            day,
+            patient_id=patient.id,
+            establishment_id=place.id,
+            motive_id="consultation",
+            duration_minutes=20,
+            start=start,
+            end=start + timedelta(minutes=20),
+            source=Source.PATIENT,
+        )
+        agenda.cancel(appointment, day, "Ödegaard-private-reason", Source.PATIENT)
+        token = Token("00" * 32, "patient", patient.id, None, f"{NAME} phone", None)
+        await plain.save([patient, day, appointment, token], META)
+    finally:
+        install(ring)
+    before = await _raw_log(pool)
+    assert NAME.encode() in before and b"private-reason" in before
+    states = await pool.fetch(f"SELECT position, tx FROM {SCHEMA}.events ORDER BY position")
+
+    await _seal_earlier_events(pool)
+    after = await _raw_log(pool)
+    for text in (NAME, "Ödegaard", EMAIL, PHONE, "1977-07-07", "private-reason"):
+        assert text.encode() not in after, text
+        assert text.encode("unicode_escape") not in after, text
+    assert await pool.fetch(f"SELECT position, tx FROM {SCHEMA}.events ORDER BY position") == states
+    _forget_all_keys()
+    fresh = PostgresRepository(EventStore(pool), cache_capacity=0)
+    got = await fresh.get(Patient, patient.id)
+    assert got is not None and (got.first_name, got.email) == (NAME, "new." + EMAIL)
+    cancelled = await fresh.get(agenda.Appointment, appointment.id)
+    assert cancelled is not None and cancelled.cancellation_reason == "Ödegaard-private-reason"
+    issued = await fresh.get(Token, token.id)
+    assert issued is not None and issued.display_name == f"{NAME} phone"
+
+    await _seal_earlier_events(pool)  # again: nothing left to seal, nothing changes
+    assert await _raw_log(pool) == after
+    await ring.shred(patient.id)
+    _forget_all_keys()
+    gone = await PostgresRepository(EventStore(pool), cache_capacity=0).get(Patient, patient.id)
+    assert gone is not None and gone.first_name is None
