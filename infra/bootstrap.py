@@ -172,7 +172,15 @@ async def open_pool(
         server_settings={"plan_cache_mode": "force_custom_plan"},
     )
     try:
-        ring = keyring_for(pool, settings, create=schema == "migrate")
+        ring = keyring_for(pool, settings, create=False)
+        if ring is None and schema == "migrate":
+            if not (settings.data_dir / "kek").exists() and await _encrypted_already(pool):
+                # A new key would not open it: say so, and make none.
+                raise KeyError_(
+                    "no key-encryption key, and this database's personal data is already "
+                    f"encrypted: set CARNET_KEK (or kek_file), or restore {settings.data_dir}/kek"
+                )
+            ring = keyring_for(pool, settings, create=True)
         if ring is not None:
             install(ring)
         elif schema != "none":
@@ -210,6 +218,8 @@ def keyring_for(pool: asyncpg.Pool, settings: Settings, create: bool) -> Keyring
     previous = (
         [parse_kek(settings.kek_previous, "CARNET_KEK_PREVIOUS")] if settings.kek_previous else []
     )
+    if settings.kek and settings.kek_file:
+        raise KeyError_("CARNET_KEK and kek_file are both set: give the key-encryption key once")
     if settings.kek:
         return Keyring(pool, parse_kek(settings.kek, "CARNET_KEK"), previous)
     if settings.kek_file:
@@ -221,12 +231,19 @@ def keyring_for(pool: asyncpg.Pool, settings: Settings, create: bool) -> Keyring
     path = settings.data_dir / "kek"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under another name, then linked in: a second process
+        # starting at the same moment reads this key, never half of one.
+        draft = path.with_name(f"kek.{os.getpid()}.tmp")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(new_kek_text() + "\n")
-        log.warning(
-            "made a key-encryption key for this demo in %s: keep it, or lose the data", path
-        )
+        try:
+            os.link(draft, path)
+            log.warning("made a key-encryption key for this demo in %s: keep it", path)
+        except FileExistsError:
+            pass  # another process made it first: theirs is the key
+        finally:
+            os.unlink(draft)
     return Keyring(pool, _kek_from_file(path), previous)
 
 
@@ -242,6 +259,13 @@ def _kek_from_file(path: Path) -> Kek:
     except (OSError, UnicodeDecodeError) as e:
         raise KeyError_(f"{where}: cannot read it ({e.__class__.__name__})") from None
     return parse_kek(text, where)
+
+
+async def _encrypted_already(pool: asyncpg.Pool) -> bool:
+    """Whether a key-encryption key has been recorded for this database."""
+    if not await _has_keyring_tables(pool):
+        return False
+    return bool(await pool.fetchval("SELECT EXISTS (SELECT 1 FROM carnet.key_encryption)"))
 
 
 async def _has_keyring_tables(pool: asyncpg.Pool) -> bool:

@@ -12,6 +12,7 @@ import asyncpg
 import msgspec
 from eventsourcing.utils import get_topic
 
+from domain.agenda import ERASURE_REASON
 from domain.directory import Patient
 from domain.ledger import AccessRecord
 from domain.values import Absence, BookingPolicy, Interval, Motive, OpeningHours
@@ -255,6 +256,17 @@ class PostgresReadModels:
             ORDER BY start_at, id""",
             patient_id,
             now,
+        )
+        return [r[0] for r in rows]
+
+    async def cancelled_on_erasure(self, patient_id: UUID) -> list[UUID]:
+        """PatientAppointments: once the patient view holds the whole log."""
+        await self._patient_view_complete()
+        rows = await self.pool.fetch(
+            f"""SELECT id FROM {_table("patient_view", "appointments")}
+            WHERE patient_id = $1 AND cancellation_reason = $2 ORDER BY start_at, id""",
+            patient_id,
+            ERASURE_REASON,
         )
         return [r[0] for r in rows]
 

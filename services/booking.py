@@ -302,13 +302,16 @@ class BookingService:
                 "patient_id",
                 "patient",
             )
-            await get_or_404(self.repo, Patient, patient_id, "patient_id")
+            patient = await get_or_404(self.repo, Patient, patient_id, "patient_id")
+            patient.require_not_erased()  # nothing new for an erased patient (410)
             await get_or_404(self.repo, Establishment, establishment_id, "establishment_id")
             relationship_id = CareRelationship.create_id(establishment_id, patient_id)
             if await self.repo.get(CareRelationship, relationship_id) is not None:
                 return Consented(relationship_id, 0)
             relationship = CareRelationship.start(establishment_id, patient_id, Basis.CONSENTED)
-            return Consented(relationship.id, await self.repo.save([relationship], meta))
+            # Checked against the log as it was read: an erasure meanwhile refuses it.
+            position = await self.repo.save([relationship], meta, relied_on=[patient])
+            return Consented(relationship.id, position)
 
         return await retrying(attempt)
 
@@ -376,6 +379,8 @@ class BookingService:
             old, practitioner, old_day, new_day = await self._changing(
                 actor, appointment_id, Action.RESCHEDULE, also=start
             )
+            patient = await get_or_404(self.repo, Patient, old.patient_id, "patient_id")
+            patient.require_not_erased()  # a new appointment for an erased patient: 410
             now = self.clock.now()
             if actor.source is Source.PATIENT:
                 practitioner.check_patient_may_cancel(old.start, now)

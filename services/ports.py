@@ -323,6 +323,9 @@ class PatientAppointments(Protocol):
         """The patient's appointments still booked and not yet begun, once the
         read model holds everything the log held when asked (for an erasure)."""
 
+    async def cancelled_on_erasure(self, patient_id: UUID) -> list[UUID]:
+        """The patient's appointments an erasure cancelled, whichever request did it."""
+
 
 class RetentionCandidates(Protocol):
     async def past_retention(self, cutoff: datetime, limit: int) -> list[UUID]:

@@ -88,8 +88,8 @@ class PatientExport:
 class Erasure:
     patient_id: UUID
     position: int  # the log position of the Patient.Erased event (0: recorded before)
-    cancelled: tuple[UUID, ...]  # appointments cancelled by this request
-    tokens_revoked: int
+    cancelled: tuple[UUID, ...]  # appointments the erasure cancelled (by any request)
+    tokens_revoked: int  # tokens the erasure revoked (by any request)
     already: bool  # the patient was erased before this request
 
 
@@ -149,12 +149,12 @@ class RightsService:
             return await self.repo.save([patient], meta), False
 
         position, already = await retrying(record)
-        cancelled = []
         for appointment_id in await self.appointments.future_booked(patient_id, self.clock.now()):
-            if await self._cancel(meta, appointment_id, by):
-                cancelled.append(appointment_id)
-        revoked = await self._revoke_tokens(meta, patient_id)
-        return Erasure(patient_id, position, tuple(cancelled), revoked, already)
+            await self._cancel(meta, appointment_id, by)
+        await self._revoke_tokens(meta, patient_id)
+        # What the erasure did, whichever request (this one, or one running beside it) did it.
+        cancelled = tuple(await self.appointments.cancelled_on_erasure(patient_id))
+        return Erasure(patient_id, position, cancelled, await self._revoked(patient_id), already)
 
     async def export(self, actor: Actor) -> PatientExport:
         """GET /me/export: the patient's own data, from the log and the read models."""
@@ -205,6 +205,14 @@ class RightsService:
             return True
 
         return await retrying(attempt)
+
+    async def _revoked(self, patient_id: UUID) -> int:
+        rows = await self.tokens.tokens(
+            TokenQuery(
+                actor_ids=frozenset({patient_id}), states=frozenset({"revoked"}), limit=10**6
+            )
+        )
+        return sum(r.reason == ERASED_TOKEN_REASON for r in rows)
 
     async def _revoke_tokens(self, meta: Metadata, patient_id: UUID) -> int:
         revoked = 0

@@ -118,6 +118,14 @@ async def test_no_key_encryption_key_stops_a_production_start(
         await open_pool(db_url, Settings(), schema="check")
 
 
+async def test_a_key_given_twice_is_refused(db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "kek"
+    path.write_text(os.environ["CARNET_KEK"])
+    both = Settings(kek=os.environ["CARNET_KEK"], kek_file=str(path))
+    with pytest.raises(KeyError_, match="both set"):
+        await open_pool(db_url, both, schema="check")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -161,6 +169,11 @@ async def test_the_demo_makes_its_key_once_owner_only_and_keeps_using_it(
                 await close_pool(pool)
         kek = tmp_path / "demo" / "kek"
         assert kek.stat().st_mode & 0o777 == 0o600
+        # The demo's key lost: the start says so, and makes no new key to lose data with.
+        elsewhere = Settings(data_dir=tmp_path / "elsewhere")
+        with pytest.raises(KeyError_, match="already encrypted: set CARNET_KEK"):
+            await open_pool(url, elsewhere, schema="migrate")
+        assert not (tmp_path / "elsewhere" / "kek").exists()
         with pytest.raises(KeyError_, match="not the one this database's personal data"):
             await open_pool(url, Settings(kek=base64.b64encode(os.urandom(32)).decode()))
         with pytest.raises(KeyError_, match="no key-encryption key"):
