@@ -291,7 +291,7 @@ class PostgresReadModels:
         rows = await self._db().fetch(
             f"""SELECT id, practitioner_id, practitioner_name, specialty, establishment_id,
                 establishment_name, address, city, motive_id, start_at, end_at, status,
-                replaces, replaced_by
+                replaces, replaced_by, cancellation_reason
             FROM {_table("patient_view", "appointments")}
             WHERE patient_id = $1 ORDER BY start_at, id""",
             patient_id,

@@ -255,6 +255,7 @@ class PatientAppointment:
     status: str
     replaces: UUID | None
     replaced_by: UUID | None
+    cancellation_reason: str | None = None  # as the canceller gave it (None: erased)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ def _appointment(a: PatientAppointment, patient_id: UUID) -> dict[str, Any]:
             {"actor": practitioner, "status": "accepted"},
         ],
     }
+    if a.cancellation_reason:
+        resource["cancelationReason"] = {"text": a.cancellation_reason}  # FHIR's spelling
     if a.establishment_name:
         where = ", ".join(x for x in (a.establishment_name, a.address, a.city) if x)
         resource["participant"].append(

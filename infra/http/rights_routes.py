@@ -1,5 +1,6 @@
 """Patients' rights over HTTP: export (GDPR Art. 15 and 20), as JSON or FHIR R4."""
 
+import msgspec
 from aiohttp import web
 
 from infra.http import fhir
@@ -13,7 +14,7 @@ from infra.readmodels import NotCaughtUp
 
 EXPORT_FIELDS = (
     *s.ExportPatientOut.__struct_fields__,
-    *s.PatientAppointmentOut.__struct_fields__,
+    *s.ExportAppointmentOut.__struct_fields__,
     *s.ContactChangeOut.__struct_fields__,
     *s.AccessLogEntryOut.__struct_fields__,
 )
@@ -69,7 +70,13 @@ async def my_export(request: web.Request) -> web.Response:
                 registered_at=p.registered_at,
                 registered_by_establishment=p.registered_by_establishment,
             ),
-            appointments=[patient_appointment_out(a) for a in export.appointments],
+            appointments=[
+                s.ExportAppointmentOut(
+                    **msgspec.structs.asdict(patient_appointment_out(a)),
+                    cancellation_reason=a.cancellation_reason,
+                )
+                for a in export.appointments
+            ],
             contact_history=[
                 s.ContactChangeOut(at=c.at, email=c.email, phone=c.phone)
                 for c in export.contact_history

@@ -471,12 +471,16 @@ class ContactChangeOut(Out):
     phone: str | None
 
 
+class ExportAppointmentOut(PatientAppointmentOut):
+    cancellation_reason: str | None = None  # as given when it was cancelled
+
+
 class ExportOut(Out):
     """Everything Carnet holds about you (GDPR Art. 15 and 20)."""
 
     exported_at: datetime
     patient: ExportPatientOut
-    appointments: list[PatientAppointmentOut]
+    appointments: list[ExportAppointmentOut]
     contact_history: list[ContactChangeOut]  # registration, then each change
     access_log: list[AccessLogEntryOut]
 

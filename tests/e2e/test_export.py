@@ -12,7 +12,16 @@ from tests.e2e.support import WEDNESDAY, booked, ok, paris
 
 
 async def _history(client, world) -> str:
-    """Alice books, reads her appointments, changes her contact details."""
+    """Alice books twice and cancels one, saying why; her practitioner reads the
+    other; she changes her contact details."""
+    dropped = await booked(client, world, paris(WEDNESDAY, "10:00"))
+    await ok(
+        await client.post(
+            f"/appointments/{dropped['id']}/cancel",
+            json={"reason": "Ma raison à moi"},
+            headers=world.auth("patient"),
+        )
+    )
     appointment = await booked(client, world, paris(WEDNESDAY, "09:00"))
     await ok(
         await client.get(f"/appointments/{appointment['id']}", headers=world.auth("practitioner"))
@@ -39,7 +48,11 @@ async def test_a_patient_exports_everything_held_about_them_as_json(client, worl
         "alice@new.example.org",
     )
     assert body["patient"]["birth_date"] == "1980-01-01"
-    assert [a["id"] for a in body["appointments"]] == [appointment_id]
+    shown = {a["id"]: a for a in body["appointments"]}
+    assert len(shown) == 2 and shown[appointment_id]["status"] == "booked"
+    assert [a["cancellation_reason"] for a in shown.values() if a["status"] == "cancelled"] == [
+        "Ma raison à moi"
+    ]
     assert [c["email"] for c in body["contact_history"]] == [
         "alice@example.org",
         "alice@new.example.org",
@@ -70,9 +83,13 @@ async def test_the_export_as_fhir_is_a_valid_r4_bundle(client, world):
         "email": "alice@new.example.org",
         "phone": "+33 6 44 44 44 44",
     }
-    (appointment,) = [FhirAppointment.model_validate(r) for r in kinds["Appointment"]]
-    assert (appointment.id, appointment.status) == (appointment_id, "booked")
+    appointments = {r["id"]: FhirAppointment.model_validate(r) for r in kinds["Appointment"]}
+    appointment = appointments.pop(appointment_id)
+    assert appointment.status == "booked"
     assert appointment.participant[0].actor.reference == f"Patient/{world.patient}"
+    (cancelled,) = appointments.values()
+    assert cancelled.status == "cancelled"
+    assert cancelled.cancelationReason.text == "Ma raison à moi"
     audits = [FhirAuditEvent.model_validate(r) for r in kinds["AuditEvent"]]
     assert audits and all(a.agent[0].requestor for a in audits)
     assert {a.action for a in audits} <= {"C", "R", "U", "D", "E"}
